@@ -1,0 +1,1 @@
+"""Experiments: the demo, benchmark scripts and notebooks that measure speed and acceptance."""

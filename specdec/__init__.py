@@ -1,0 +1,27 @@
+"""specdec: speculative decoding in JAX.
+
+Dimension letters used in shape comments everywhere in this repository:
+
+    B  batch                       S  KV-cache capacity (slots)
+    T  tokens in the current block  R  width of the block's region in the cache (R >= T)
+    P  prompt length (bucketed)     L  transformer layers
+    N  query heads                  K  key/value heads (N = K * G, G query heads per KV head)
+    H  head dim                     D  model width
+    F  MLP hidden width             V  vocabulary
+"""
+
+from specdec.config import ModelConfig, RopeConfig
+from specdec.generate import GenerateOutput, GenerateStats, generate
+from specdec.models import Model, load
+from specdec.sampling import SamplingParams
+
+__all__ = [
+    "GenerateOutput",
+    "GenerateStats",
+    "Model",
+    "ModelConfig",
+    "RopeConfig",
+    "SamplingParams",
+    "generate",
+    "load",
+]

@@ -1,0 +1,7 @@
+"""`python -m specdec ...` entry point."""
+
+import sys
+
+from specdec.cli import main
+
+sys.exit(main())

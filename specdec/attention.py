@@ -1,0 +1,39 @@
+"""Attention entry points used by the model; they pick the implementation (XLA or Pallas)."""
+
+import jax
+
+from kernels_pallas.reference import tree_attention_reference
+
+IMPLEMENTATIONS = ("xla", "pallas", "auto")
+
+
+def attend(
+    q: jax.Array,  # [B, T, N, H]
+    k_cache: jax.Array,  # [B, S, K, H]
+    v_cache: jax.Array,  # [B, S, K, H]
+    lengths: jax.Array,  # [B] int32
+    region_mask: jax.Array,  # [B, T, R] bool
+    *,
+    impl: str,
+) -> jax.Array:  # [B, T, N, H]
+    """Block attention over the committed prefix plus the region (see kernels_pallas.reference)."""
+    if impl == "xla":
+        return tree_attention_reference(q, k_cache, v_cache, lengths, region_mask)
+    import kernels_pallas
+
+    return kernels_pallas.tree_attention(
+        q, k_cache, v_cache, lengths, region_mask, implementation=impl
+    )
+
+
+def attend_block(
+    q: jax.Array,  # [B, T, N, H]
+    k: jax.Array,  # [B, T, K, H]
+    v: jax.Array,  # [B, T, K, H]
+    mask: jax.Array,  # [B, T, T] bool
+    *,
+    impl: str,
+) -> jax.Array:  # [B, T, N, H]
+    """Attention within one block that has no cached prefix (prefill, training)."""
+    lengths = jax.numpy.zeros((q.shape[0],), jax.numpy.int32)
+    return attend(q, k, v, lengths, mask, impl=impl)

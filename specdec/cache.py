@@ -1,0 +1,123 @@
+"""The KV cache: fixed capacity, per-sequence lengths, blocks written into a region, paths kept.
+
+A forward pass over a block of T tokens writes their K/V into the *region* that starts at each
+sequence's current length: token t goes to slot `lengths[b] + offsets[b, t]`, and
+`Region.mask[b, t, r]` says whether token t attends to region slot r. Slots below `lengths[b]`
+(the committed prefix) are visible to every token. Writing never changes `lengths`; afterwards
+the caller either `advance`s (the block was a contiguous run, e.g. prefill or a draft catch-up) or
+`commit`s a chosen subset of region slots (the accepted root-to-leaf path of a verified tree),
+which is moved down to be contiguous with the prefix.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """Where a block's tokens land in the cache and what they see of each other."""
+
+    offsets: jax.Array  # [B, T] int32: region slot of each token, relative to cache lengths
+    mask: jax.Array  # [B, T, R] bool: token t sees region slot r (R >= T)
+
+    @property
+    def width(self) -> int:
+        """R: number of region slots the block may write to and attend over."""
+        return self.mask.shape[-1]
+
+    @staticmethod
+    def causal(batch: int, block: int) -> "Region":
+        """A contiguous causal run of `block` tokens (prefill, catch-up, plain decoding)."""
+        offsets = jnp.broadcast_to(jnp.arange(block, dtype=jnp.int32), (batch, block))
+        mask = jnp.broadcast_to(jnp.tril(jnp.ones((block, block), bool)), (batch, block, block))
+        return Region(offsets=offsets, mask=mask)
+
+    @staticmethod
+    def tree(ancestor_mask: jax.Array) -> "Region":
+        """A whole draft tree as one block: node i at region slot i sees its ancestors, itself."""
+        batch, nodes, _ = ancestor_mask.shape
+        offsets = jnp.broadcast_to(jnp.arange(nodes, dtype=jnp.int32), (batch, nodes))
+        return Region(offsets=offsets, mask=ancestor_mask)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Per-layer K/V buffers of fixed capacity S plus each sequence's committed length."""
+
+    k: tuple[jax.Array, ...]  # L x [B, S, K, H]
+    v: tuple[jax.Array, ...]  # L x [B, S, K, H]
+    lengths: jax.Array  # [B] int32: committed tokens per sequence
+
+    @staticmethod
+    def create(
+        num_layers: int,
+        batch: int,
+        capacity: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype=jnp.bfloat16,
+    ) -> "KVCache":
+        """An empty cache (all lengths 0)."""
+        shape = (batch, capacity, num_kv_heads, head_dim)
+        return KVCache(
+            k=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+            v=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+            lengths=jnp.zeros((batch,), jnp.int32),
+        )
+
+    @property
+    def capacity(self) -> int:
+        """S: slots per sequence."""
+        return self.k[0].shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.k[0].shape[0]
+
+    def write(
+        self, layer: int, k_new: jax.Array, v_new: jax.Array, offsets: jax.Array
+    ) -> "KVCache":
+        """Store a block's K/V [B, T, K, H] of one layer at slots lengths + offsets [B, T]."""
+        slots = self.lengths[:, None] + offsets  # [B, T]
+        rows = jnp.arange(slots.shape[0])[:, None]  # [B, 1]
+        # mode="drop": a slot past capacity is discarded, never clamped onto a live slot
+        # (callers check capacity up front, so this only guards padding rows).
+        k_layer = self.k[layer].at[rows, slots].set(k_new.astype(self.k[layer].dtype), mode="drop")
+        v_layer = self.v[layer].at[rows, slots].set(v_new.astype(self.v[layer].dtype), mode="drop")
+        return dataclasses.replace(
+            self,
+            k=(*self.k[:layer], k_layer, *self.k[layer + 1 :]),
+            v=(*self.v[:layer], v_layer, *self.v[layer + 1 :]),
+        )
+
+    def advance(self, num_tokens: jax.Array) -> "KVCache":
+        """Commit the first num_tokens [B] region slots as they are (written contiguously)."""
+        return dataclasses.replace(self, lengths=self.lengths + num_tokens.astype(jnp.int32))
+
+    def commit(self, keep: jax.Array, num_keep: jax.Array) -> "KVCache":
+        """Keep region slots keep[b, :num_keep[b]] (increasing) and append them to the prefix.
+
+        keep: [B, W] int32 region offsets (entries at i >= num_keep[b] are ignored);
+        num_keep: [B] int32. Region slot keep[b, i] moves to slot lengths[b] + i; since keep is
+        increasing, keep[b, i] >= i, so reading every kept slot before writing is safe.
+        """
+        batch, width = keep.shape
+        rows = jnp.arange(batch)[:, None]  # [B, 1]
+        src = self.lengths[:, None] + keep  # [B, W]
+        idx = jnp.arange(width)[None, :]  # [1, W]
+        # Slots of ignored entries point past the end so the scatter drops them.
+        dst = jnp.where(idx < num_keep[:, None], self.lengths[:, None] + idx, self.capacity)
+
+        def move(buf: jax.Array) -> jax.Array:
+            kept = buf[rows, jnp.clip(src, 0, self.capacity - 1)]  # [B, W, K, H]
+            return buf.at[rows, dst].set(kept, mode="drop")
+
+        return KVCache(
+            k=tuple(move(b) for b in self.k),
+            v=tuple(move(b) for b in self.v),
+            lengths=self.lengths + num_keep.astype(jnp.int32),
+        )

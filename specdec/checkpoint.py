@@ -1,0 +1,340 @@
+"""HF checkpoint directories <-> Transformer parameters, through ONE mapping table.
+
+A checkpoint directory holds `config.json`, weights as `model.safetensors` or shards listed in
+`model.safetensors.index.json`, and optionally `tokenizer.json`. Every tensor's shape is checked
+against the config before it is copied, so a mismatched checkpoint fails with a message naming
+the tensor instead of a shape error deep inside jax.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from specdec.config import ModelConfig
+from specdec.model import Transformer
+
+# Tensors some checkpoints carry that are derived, not learned; ignored when present.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRule:
+    """One row of the mapping table: an HF tensor and where it lives in our parameter tree."""
+
+    hf_name: str  # may contain {i} for the layer index
+    path: tuple  # our nnx state path; "{i}" placeholders become the layer index
+    hf_shape: Callable[[ModelConfig], tuple[int, ...]]
+    to_ours: Callable[[np.ndarray, ModelConfig], np.ndarray]
+    to_hf: Callable[[np.ndarray, ModelConfig], np.ndarray]
+    when: Callable[[ModelConfig], bool] = lambda cfg: True
+
+
+def _same(x, cfg):
+    return x
+
+
+def _transpose(x, cfg):
+    return x.T
+
+
+def _heads_in(heads: Callable[[ModelConfig], int]):
+    # HF Linear [heads*H, D]  <->  ours [D, heads, H]
+    to_ours = lambda x, cfg: x.T.reshape(cfg.hidden_size, heads(cfg), cfg.head_dim)
+    to_hf = lambda x, cfg: x.reshape(cfg.hidden_size, -1).T
+    return to_ours, to_hf
+
+
+def _bias(heads: Callable[[ModelConfig], int]):
+    # HF bias [heads*H]  <->  ours [heads, H]
+    return (lambda x, cfg: x.reshape(heads(cfg), cfg.head_dim), lambda x, cfg: x.reshape(-1))
+
+
+_N = lambda cfg: cfg.num_heads
+_K = lambda cfg: cfg.num_kv_heads
+_q_in, _q_out = _heads_in(_N)
+_kv_in, _kv_out = _heads_in(_K)
+_qb_in, _qb_out = _bias(_N)
+_kvb_in, _kvb_out = _bias(_K)
+_has_bias = lambda cfg: cfg.attention_bias
+_has_qk_norm = lambda cfg: cfg.qk_norm
+
+_LAYER = "model.layers.{i}."
+TABLE: tuple[TensorRule, ...] = (
+    TensorRule(
+        "model.embed_tokens.weight",
+        ("embed",),
+        lambda c: (c.vocab_size, c.hidden_size),
+        _same,
+        _same,
+    ),
+    TensorRule(
+        _LAYER + "self_attn.q_proj.weight",
+        ("layers", "{i}", "attn", "q"),
+        lambda c: (c.num_heads * c.head_dim, c.hidden_size),
+        _q_in,
+        _q_out,
+    ),
+    TensorRule(
+        _LAYER + "self_attn.k_proj.weight",
+        ("layers", "{i}", "attn", "k"),
+        lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size),
+        _kv_in,
+        _kv_out,
+    ),
+    TensorRule(
+        _LAYER + "self_attn.v_proj.weight",
+        ("layers", "{i}", "attn", "v"),
+        lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size),
+        _kv_in,
+        _kv_out,
+    ),
+    TensorRule(
+        _LAYER + "self_attn.o_proj.weight",
+        ("layers", "{i}", "attn", "o"),
+        lambda c: (c.hidden_size, c.num_heads * c.head_dim),
+        lambda x, c: x.T.reshape(c.num_heads, c.head_dim, c.hidden_size),
+        lambda x, c: x.reshape(-1, c.hidden_size).T,
+    ),
+    TensorRule(
+        _LAYER + "self_attn.q_proj.bias",
+        ("layers", "{i}", "attn", "q_bias"),
+        lambda c: (c.num_heads * c.head_dim,),
+        _qb_in,
+        _qb_out,
+        _has_bias,
+    ),
+    TensorRule(
+        _LAYER + "self_attn.k_proj.bias",
+        ("layers", "{i}", "attn", "k_bias"),
+        lambda c: (c.num_kv_heads * c.head_dim,),
+        _kvb_in,
+        _kvb_out,
+        _has_bias,
+    ),
+    TensorRule(
+        _LAYER + "self_attn.v_proj.bias",
+        ("layers", "{i}", "attn", "v_bias"),
+        lambda c: (c.num_kv_heads * c.head_dim,),
+        _kvb_in,
+        _kvb_out,
+        _has_bias,
+    ),
+    TensorRule(
+        _LAYER + "self_attn.q_norm.weight",
+        ("layers", "{i}", "attn", "q_norm", "weight"),
+        lambda c: (c.head_dim,),
+        _same,
+        _same,
+        _has_qk_norm,
+    ),
+    TensorRule(
+        _LAYER + "self_attn.k_norm.weight",
+        ("layers", "{i}", "attn", "k_norm", "weight"),
+        lambda c: (c.head_dim,),
+        _same,
+        _same,
+        _has_qk_norm,
+    ),
+    TensorRule(
+        _LAYER + "mlp.gate_proj.weight",
+        ("layers", "{i}", "mlp", "gate"),
+        lambda c: (c.intermediate_size, c.hidden_size),
+        _transpose,
+        _transpose,
+    ),
+    TensorRule(
+        _LAYER + "mlp.up_proj.weight",
+        ("layers", "{i}", "mlp", "up"),
+        lambda c: (c.intermediate_size, c.hidden_size),
+        _transpose,
+        _transpose,
+    ),
+    TensorRule(
+        _LAYER + "mlp.down_proj.weight",
+        ("layers", "{i}", "mlp", "down"),
+        lambda c: (c.hidden_size, c.intermediate_size),
+        _transpose,
+        _transpose,
+    ),
+    TensorRule(
+        _LAYER + "input_layernorm.weight",
+        ("layers", "{i}", "attn_norm", "weight"),
+        lambda c: (c.hidden_size,),
+        _same,
+        _same,
+    ),
+    TensorRule(
+        _LAYER + "post_attention_layernorm.weight",
+        ("layers", "{i}", "mlp_norm", "weight"),
+        lambda c: (c.hidden_size,),
+        _same,
+        _same,
+    ),
+    TensorRule("model.norm.weight", ("norm", "weight"), lambda c: (c.hidden_size,), _same, _same),
+    TensorRule(
+        "lm_head.weight",
+        ("lm_head",),
+        lambda c: (c.vocab_size, c.hidden_size),
+        _transpose,
+        _transpose,
+        lambda c: not c.tie_word_embeddings,
+    ),
+)
+
+
+def expand_table(cfg: ModelConfig) -> list[tuple[str, tuple, TensorRule]]:
+    """(hf_name, our path, rule) for every tensor this config has."""
+    rows = []
+    for rule in TABLE:
+        if not rule.when(cfg):
+            continue
+        layers = range(cfg.num_layers) if "{i}" in rule.hf_name else [None]
+        for i in layers:
+            name = rule.hf_name.format(i=i) if i is not None else rule.hf_name
+            path = tuple(i if p == "{i}" else p for p in rule.path)
+            rows.append((name, path, rule))
+    return rows
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+
+def read_config(path: str | os.PathLike) -> ModelConfig:
+    """ModelConfig from `<path>/config.json`, with a clear error when it is absent or unusable."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no config.json in checkpoint directory {str(directory)!r}")
+    with open(config_file) as f:
+        return ModelConfig.from_hf(json.load(f))
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        with open(index) as f:
+            weight_map = json.load(f).get("weight_map")
+        if not weight_map:
+            raise ValueError(f"{index} has no 'weight_map'")
+        files = sorted({directory / name for name in weight_map.values()})
+        missing = [str(f.name) for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"shards listed in {index.name} are missing: {missing}")
+        return files
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    others = sorted(p.name for p in directory.glob("*.safetensors"))
+    if others:
+        return [directory / name for name in others]
+    found = sorted(p.name for p in directory.iterdir())
+    raise FileNotFoundError(
+        f"no safetensors weights in {str(directory)!r} (expected model.safetensors or "
+        f"model.safetensors.index.json; found {found})"
+    )
+
+
+def read_tensors(directory: Path) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint as numpy arrays (bf16 arrives as ml_dtypes.bfloat16)."""
+    tensors: dict[str, np.ndarray] = {}
+    for file in _weight_files(directory):
+        with safe_open(str(file), framework="np") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                tensors[name] = f.get_tensor(name)
+    return tensors
+
+
+def checkpoint_dtype(directory: Path, tensors: dict[str, np.ndarray]) -> jnp.dtype:
+    """The floating dtype the checkpoint stores its weights in."""
+    dtypes = {
+        np.dtype(t.dtype)
+        for t in tensors.values()
+        if np.issubdtype(t.dtype, np.floating) or t.dtype == ml_dtypes.bfloat16
+    }
+    if len(dtypes) == 1:
+        return jnp.dtype(dtypes.pop())
+    return jnp.dtype(jnp.float32)
+
+
+def build_params(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype) -> dict:
+    """Nested pure dict of parameters for `Transformer`, checked against the config."""
+    pure: dict = {}
+    expected = set()
+    for name, path, rule in expand_table(cfg):
+        expected.add(name)
+        if name not in tensors:
+            raise ValueError(
+                f"checkpoint is missing tensor {name!r} required by the config "
+                f"({cfg.architecture}, {cfg.num_layers} layers)"
+            )
+        tensor = tensors[name]
+        want = rule.hf_shape(cfg)
+        if tuple(tensor.shape) != want:
+            raise ValueError(
+                f"tensor {name!r} has shape {tuple(tensor.shape)} but config.json implies "
+                f"{want}; the weights do not match the config"
+            )
+        value = rule.to_ours(np.asarray(tensor), cfg)
+        node = pure
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = jnp.asarray(value, dtype=dtype)
+    unexpected = sorted(
+        n for n in tensors if n not in expected and not n.endswith(_IGNORED_SUFFIXES)
+    )
+    if unexpected:
+        shown = unexpected[:8]
+        raise ValueError(
+            f"checkpoint has {len(unexpected)} tensors the config does not explain, e.g. "
+            f"{shown}; is config.json (layers, tie_word_embeddings, architecture) right?"
+        )
+    return pure
+
+
+def load_transformer(path: str | os.PathLike, dtype=None, attention: str = "xla") -> Transformer:
+    """A Transformer with an HF checkpoint directory's weights, in `dtype` (default: as stored)."""
+    directory = Path(path)
+    cfg = read_config(directory)
+    tensors = read_tensors(directory)
+    dtype = jnp.dtype(dtype) if dtype is not None else checkpoint_dtype(directory, tensors)
+    pure = build_params(cfg, tensors, dtype)
+    abstract = nnx.eval_shape(
+        lambda: Transformer(cfg, rngs=nnx.Rngs(0), param_dtype=dtype, attention=attention)
+    )
+    graphdef, state = nnx.split(abstract)
+    nnx.replace_by_pure_dict(state, pure)
+    return nnx.merge(graphdef, state)
+
+
+# ---- writing --------------------------------------------------------------------------------
+
+
+def save_transformer(module: Transformer, path: str | os.PathLike, dtype=None) -> None:
+    """Write `config.json` + `model.safetensors` (HF layout) for a Transformer."""
+    cfg = module.config
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    pure = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+    dtype = np.dtype(dtype or module.dtype)
+    tensors = {}
+    for name, path_, rule in expand_table(cfg):
+        node = pure
+        for key in path_:
+            node = node[key]
+        value = np.asarray(jnp.asarray(node, dtype=jnp.float32))
+        tensors[name] = np.ascontiguousarray(rule.to_hf(value, cfg)).astype(dtype)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    torch_dtype = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[dtype.name]
+    with open(directory / "config.json", "w") as f:
+        json.dump(cfg.to_hf(torch_dtype=torch_dtype), f, indent=2)

@@ -1,0 +1,219 @@
+"""The Llama-family decoder (Llama / Mistral / Qwen2 / Qwen3) as a Flax NNX module.
+
+One definition serves inference (blocks written into a KVCache under a Region mask) and training
+(a plain causal forward with no cache). Parameters are stored in einsum-friendly layouts
+([D, N, H] for query projections, etc.); `specdec.checkpoint` holds the one table that maps HF
+tensors onto them. Weights live in `param_dtype`; matmuls run in `dtype` with float32 accumulation.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from specdec.attention import attend, attend_block
+from specdec.cache import KVCache, Region
+from specdec.config import ModelConfig
+from specdec.rope import apply_rotary, inverse_frequencies, rotary_tables
+
+
+def _matmul_precision(dtype) -> jax.lax.Precision:
+    # Float32 models are used for exactness tests: ask for true f32 matmuls (no TF32 on GPUs).
+    return (
+        jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
+    )
+
+
+def _einsum(spec: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+    out = jnp.einsum(
+        spec,
+        x.astype(dtype),
+        w.astype(dtype),
+        precision=_matmul_precision(dtype),
+        preferred_element_type=jnp.float32,
+    )
+    return out.astype(dtype)
+
+
+def _init(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype) -> nnx.Param:
+    return nnx.Param((jax.random.normal(rngs.params(), shape, jnp.float32) * std).astype(dtype))
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * weight, statistics in float32 (as HF computes them)."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return (self.weight[...].astype(jnp.float32) * xf).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention with RoPE; optional q/k/v bias (Qwen2) and q/k norm (Qwen3)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype):
+        d, n, k, h, std = (
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.initializer_range,
+        )
+        self.q = _init(rngs, (d, n, h), std, param_dtype)  # [D, N, H]
+        self.k = _init(rngs, (d, k, h), std, param_dtype)  # [D, K, H]
+        self.v = _init(rngs, (d, k, h), std, param_dtype)  # [D, K, H]
+        self.o = _init(rngs, (n, h, d), std, param_dtype)  # [N, H, D]
+        if cfg.attention_bias:
+            self.q_bias = nnx.Param(jnp.zeros((n, h), param_dtype))
+            self.k_bias = nnx.Param(jnp.zeros((k, h), param_dtype))
+            self.v_bias = nnx.Param(jnp.zeros((k, h), param_dtype))
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(h, cfg.rms_norm_eps, param_dtype=param_dtype)
+            self.k_norm = RMSNorm(h, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.cfg = cfg
+
+    def project_qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array, dtype):
+        """x [B, T, D] -> rotated q [B, T, N, H], k [B, T, K, H], v [B, T, K, H]."""
+        q = _einsum("BTD,DNH->BTNH", x, self.q[...], dtype)
+        k = _einsum("BTD,DKH->BTKH", x, self.k[...], dtype)
+        v = _einsum("BTD,DKH->BTKH", x, self.v[...], dtype)
+        if self.cfg.attention_bias:
+            q = q + self.q_bias[...].astype(dtype)
+            k = k + self.k_bias[...].astype(dtype)
+            v = v + self.v_bias[...].astype(dtype)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def output(self, attn: jax.Array, dtype) -> jax.Array:
+        """attn [B, T, N, H] -> [B, T, D]."""
+        return _einsum("BTNH,NHD->BTD", attn, self.o[...], dtype)
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype):
+        d, f, std = cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range
+        self.gate = _init(rngs, (d, f), std, param_dtype)  # [D, F]
+        self.up = _init(rngs, (d, f), std, param_dtype)  # [D, F]
+        self.down = _init(rngs, (f, d), std, param_dtype)  # [F, D]
+
+    def __call__(self, x: jax.Array, dtype) -> jax.Array:
+        gate = _einsum("BTD,DF->BTF", x, self.gate[...], dtype)
+        up = _einsum("BTD,DF->BTF", x, self.up[...], dtype)
+        return _einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.down[...], dtype)
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm residual block: attention then MLP."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype):
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.attn = Attention(cfg, rngs=rngs, param_dtype=param_dtype)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ForwardOutput:
+    """What one forward pass returns."""
+
+    hidden: jax.Array  # [B, T, D] after the final norm (feed to `Transformer.logits`)
+    cache: KVCache | None  # the cache with this block's K/V written (lengths unchanged)
+    taps: tuple[jax.Array, ...]  # residual stream [B, T, D] after each requested layer
+
+
+class Transformer(nnx.Module):
+    """Decoder-only transformer. `dtype` is the compute dtype; `attention` picks the kernel."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        rngs: nnx.Rngs,
+        param_dtype=jnp.float32,
+        dtype=None,
+        attention: str = "xla",
+    ):
+        self.config = cfg
+        self.dtype = jnp.dtype(dtype or param_dtype)
+        self.attention = attention
+        self.embed = _init(
+            rngs, (cfg.vocab_size, cfg.hidden_size), cfg.initializer_range, param_dtype
+        )  # [V, D]
+        self.layers = nnx.List(
+            [DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype) for _ in range(cfg.num_layers)]
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _init(
+                rngs, (cfg.hidden_size, cfg.vocab_size), cfg.initializer_range, param_dtype
+            )  # [D, V]
+
+    def __call__(
+        self,
+        tokens: jax.Array,  # [B, T] int32
+        positions: jax.Array,  # [B, T] int32
+        cache: KVCache | None = None,
+        region: Region | None = None,
+        *,
+        prefix: bool = True,
+        taps: tuple[int, ...] = (),
+    ) -> ForwardOutput:
+        """Run a block of tokens.
+
+        With no cache: causal attention within the block (training, scoring). With a cache: the
+        block's K/V are written at `region` and each token attends to the committed prefix plus the
+        region slots its mask allows; `prefix=False` declares the prefix empty (prefill), so
+        attention runs over the block alone instead of the whole cache capacity.
+        """
+        batch, block = tokens.shape
+        if region is None:
+            region = Region.causal(batch, block)
+        x = self.embed[...][tokens].astype(self.dtype)  # [B, T, D]
+        cos, sin = rotary_tables(
+            positions, inverse_frequencies(self.config.rope, self.config.head_dim)
+        )  # [B, T, H] each
+        tapped = []
+        for index, layer in enumerate(self.layers):
+            with jax.named_scope(f"layer_{index}"):
+                h = layer.attn_norm(x)
+                q, k, v = layer.attn.project_qkv(h, cos, sin, self.dtype)
+                if cache is None or not prefix:
+                    attn = attend_block(q, k, v, region.mask, impl=self.attention)
+                else:
+                    cache = cache.write(index, k, v, region.offsets)
+                    attn = attend(
+                        q,
+                        cache.k[index],
+                        cache.v[index],
+                        cache.lengths,
+                        region.mask,
+                        impl=self.attention,
+                    )
+                if cache is not None and not prefix:
+                    cache = cache.write(index, k, v, region.offsets)
+                x = x + layer.attn.output(attn, self.dtype)
+                x = x + layer.mlp(layer.mlp_norm(x), self.dtype)
+                if index in taps:
+                    tapped.append(x)
+        return ForwardOutput(hidden=self.norm(x), cache=cache, taps=tuple(tapped))
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """hidden [..., D] -> float32 logits [..., V]."""
+        tied = self.config.tie_word_embeddings
+        w = self.embed[...].T if tied else self.lm_head[...]  # [D, V]
+        return jnp.einsum(
+            "...D,DV->...V",
+            hidden.astype(self.dtype),
+            w.astype(self.dtype),
+            precision=_matmul_precision(self.dtype),
+            preferred_element_type=jnp.float32,
+        )

@@ -1,0 +1,139 @@
+"""The public model object: weights (Flax NNX), config and tokenizer; `load` for HF checkpoints."""
+
+import dataclasses
+import os
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from specdec import checkpoint
+from specdec.config import ModelConfig
+from specdec.model import Transformer
+from specdec.tokenizer import Tokenizer
+
+ATTENTION_CHOICES = ("auto", "xla", "pallas", "mosaic_gpu", "triton", "mosaic_tpu")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Net:
+    """A Transformer split for jit: static graph definition + parameter state (pytree leaves)."""
+
+    graphdef: nnx.GraphDef = dataclasses.field(metadata=dict(static=True))
+    params: nnx.State
+
+    def module(self) -> Transformer:
+        """Re-assemble the module (inside jit this is free: it only re-wires traced arrays)."""
+        return nnx.merge(self.graphdef, self.params)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.module().config
+
+    @property
+    def dtype(self):
+        return self.module().dtype
+
+
+def resolve_attention(attention: str) -> str:
+    """'auto' -> 'pallas' where a Pallas kernel exists for the default backend, else 'xla'."""
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"attention={attention!r} is not one of {ATTENTION_CHOICES}")
+    if attention != "auto":
+        return attention
+    try:
+        import kernels_pallas
+
+        has_kernel = getattr(kernels_pallas, "has_pallas_kernel", lambda: False)()
+    except ImportError:
+        has_kernel = False
+    return "pallas" if has_kernel else "xla"
+
+
+class Model:
+    """A loaded Llama-family model: `config`, `dtype`, `tokenizer` (or None) and its weights."""
+
+    def __init__(self, module: Transformer, tokenizer: Tokenizer | None = None):
+        self.net = Net(*nnx.split(module))
+        self.config: ModelConfig = module.config
+        self.dtype = module.dtype
+        self.attention: str = module.attention
+        self.tokenizer = tokenizer
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"Model({c.architecture}, layers={c.num_layers}, d={c.hidden_size}, "
+            f"vocab={c.vocab_size}, params={c.num_params() / 1e6:.1f}M, dtype={self.dtype.name}, "
+            f"attention={self.attention})"
+        )
+
+    @staticmethod
+    def random(
+        config: ModelConfig,
+        seed: int = 0,
+        dtype=jnp.float32,
+        attention: str = "auto",
+        tokenizer: Tokenizer | None = None,
+    ) -> "Model":
+        """A model with random weights (std = config.initializer_range) built from a config."""
+        module = Transformer(
+            config, rngs=nnx.Rngs(seed), param_dtype=dtype, attention=resolve_attention(attention)
+        )
+        return Model(module, tokenizer)
+
+    def module(self) -> Transformer:
+        return self.net.module()
+
+    def with_attention(self, attention: str) -> "Model":
+        """The same weights with another attention implementation."""
+        module = self.module()
+        module.attention = resolve_attention(attention)
+        return Model(module, self.tokenizer)
+
+    def logits(self, input_ids) -> jax.Array:
+        """float32 logits [B, L, V] of a full causal forward over equal-length input_ids [B, L]."""
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(
+                f"input_ids must be a non-empty integer array [B, L], got shape "
+                f"{ids.shape} dtype {ids.dtype}"
+            )
+        bad = (ids < 0) | (ids >= self.config.vocab_size)
+        if bad.any():
+            raise ValueError(
+                f"token id {int(ids[bad][0])} is outside the vocabulary "
+                f"[0, {self.config.vocab_size})"
+            )
+        return _full_logits(self.net, jnp.asarray(ids, jnp.int32))
+
+
+@partial(jax.jit)
+def _full_logits(net: Net, ids: jax.Array) -> jax.Array:
+    module = net.module()
+    batch, length = ids.shape
+    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    return module.logits(module(ids, positions).hidden)
+
+
+def load(path: str | os.PathLike, dtype=None, attention: str = "auto") -> Model:
+    """Load an HF checkpoint directory (config.json + safetensors [+ tokenizer.json]) as a Model.
+
+    dtype: weights and compute dtype (default: as stored in the checkpoint). attention: "auto"
+    (Pallas kernel where available, else XLA), "xla", or a specific kernel name.
+    """
+    module = checkpoint.load_transformer(path, dtype=dtype, attention=resolve_attention(attention))
+    tokenizer = Tokenizer.from_dir(path)
+    if tokenizer is not None:
+        cfg = module.config
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise ValueError(
+                f"tokenizer.json has {tokenizer.vocab_size} tokens but the model's "
+                f"vocab_size is {cfg.vocab_size}"
+            )
+        if not tokenizer.eos_token_ids:
+            tokenizer.eos_token_ids = cfg.eos_token_ids
+    return Model(module, tokenizer)

@@ -1,0 +1,109 @@
+"""The ONE sampling module: logits -> the distribution tokens are drawn from, for every path.
+
+The target's distribution at each tree node, the draft distribution q the drafter samples children
+from, and the bonus token all go through `probabilities`, so temperature / top-k / top-p are applied
+identically by construction (a classic bug in public speculative-decoding code is applying them to
+one side only). The parameters are traced arrays: changing them never recompiles.
+
+temperature == 0 means greedy: the distribution is a one-hot on the argmax (first index on ties),
+which makes every verification law reduce to exact greedy acceptance.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Temperature / top-k / top-p as float32 / int32 scalars (traced, so no recompiles)."""
+
+    temperature: jax.Array  # [] float32; 0 = greedy
+    top_k: jax.Array  # [] int32; 0 = no top-k filter
+    top_p: jax.Array  # [] float32 in (0, 1]; 1 = no nucleus filter
+
+    @staticmethod
+    def create(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> "SamplingParams":
+        """Validated parameters; raises ValueError naming the bad value."""
+        validate(temperature, top_k, top_p)
+        return SamplingParams(
+            temperature=jnp.asarray(temperature, jnp.float32),
+            top_k=jnp.asarray(top_k, jnp.int32),
+            top_p=jnp.asarray(top_p, jnp.float32),
+        )
+
+
+def validate(temperature: float, top_k: int, top_p: float) -> None:
+    """ValueError for temperature < 0 / NaN / inf, top_k < 0, top_p outside (0, 1]."""
+    try:
+        temperature = float(temperature)
+        top_p = float(top_p)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"temperature and top_p must be numbers, got {temperature!r}, {top_p!r}"
+        ) from err
+    if math.isnan(temperature) or math.isinf(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
+    if math.isnan(top_p) or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _filter(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Mask (to -inf) logits outside top-k, then outside the top-p nucleus. scaled: [..., V]."""
+    vocab = scaled.shape[-1]
+    ordered = -jnp.sort(-scaled, axis=-1)  # [..., V] descending
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    kth = jnp.take(ordered, k - 1, axis=-1)[..., None]  # [..., 1]
+    # Ties with the k-th value are kept (as HF's TopKLogitsWarper does).
+    scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    ordered = jnp.where(jnp.arange(vocab) < k, ordered, -jnp.inf)
+    # Nucleus: keep the smallest prefix of the sorted tokens whose mass reaches top_p; a token is
+    # kept when the mass strictly before it is < top_p (so the top token is always kept).
+    probs_sorted = jax.nn.softmax(ordered, axis=-1)
+    mass_before = jnp.cumsum(probs_sorted, axis=-1) - probs_sorted
+    kept = mass_before < top_p
+    threshold = jnp.min(jnp.where(kept, ordered, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(scaled < threshold, -jnp.inf, scaled)
+
+
+def probabilities(logits: jax.Array, params: SamplingParams) -> jax.Array:
+    """float32 [..., V]: the distribution to sample from after temperature, top-k and top-p."""
+    logits = logits.astype(jnp.float32)
+
+    def greedy(x):
+        return jax.nn.one_hot(jnp.argmax(x, axis=-1), x.shape[-1], dtype=jnp.float32)
+
+    def sampled(x):
+        scaled = x / params.temperature
+        filtering = (params.top_k > 0) | (params.top_p < 1.0)
+        scaled = jax.lax.cond(
+            filtering, lambda s: _filter(s, params.top_k, params.top_p), lambda s: s, scaled
+        )
+        return jax.nn.softmax(scaled, axis=-1)
+
+    return jax.lax.cond(params.temperature > 0, sampled, greedy, logits)
+
+
+def sample(key: jax.Array, probs: jax.Array) -> jax.Array:
+    """int32 [...]: one draw from each distribution probs [..., V] (zeros are never drawn)."""
+    logp = jnp.where(probs > 0, jnp.log(jnp.where(probs > 0, probs, 1.0)), -jnp.inf)
+    return jax.random.categorical(key, logp, axis=-1).astype(jnp.int32)
+
+
+def sample_without_replacement(
+    key: jax.Array, probs: jax.Array, num: int
+) -> tuple[jax.Array, jax.Array]:
+    """Gumbel-top-k: `num` distinct draws in sampling order from probs [..., V].
+
+    Returns tokens int32 [..., num] and a bool [..., num] that is False where the distribution had
+    fewer than `num` tokens of nonzero probability (those draws are impossible).
+    """
+    logp = jnp.where(probs > 0, jnp.log(jnp.where(probs > 0, probs, 1.0)), -jnp.inf)
+    perturbed = logp + jax.random.gumbel(key, probs.shape, jnp.float32)
+    values, tokens = jax.lax.top_k(perturbed, num)
+    return tokens.astype(jnp.int32), jnp.isfinite(values)

@@ -1,0 +1,128 @@
+"""specdec.generate without a drafter: ragged batches, EOS, no recompiles, and input validation."""
+
+import math
+
+import jax
+import jax.monitoring
+import numpy as np
+import pytest
+
+import specdec
+from specdec.generate import compile_count
+
+PROMPTS = [[5, 17, 3, 99, 42, 8, 1], [64, 2, 2], [7] * 11]
+
+
+def test_ragged_batch_equals_each_sequence_alone(llama):
+    batched = specdec.generate(llama, PROMPTS, max_new_tokens=12)
+    assert batched.tokens.shape == (3, 12) and batched.lengths.tolist() == [12, 12, 12]
+    for b, prompt in enumerate(PROMPTS):
+        alone = specdec.generate(llama, [prompt], max_new_tokens=12)
+        np.testing.assert_array_equal(batched.tokens[b], alone.tokens[0])
+
+
+def test_greedy_equals_argmax_of_full_forward(llama):
+    out = specdec.generate(llama, [PROMPTS[0]], max_new_tokens=6)
+    seq = list(PROMPTS[0])
+    for _ in range(6):
+        seq.append(int(np.argmax(np.asarray(llama.logits(np.array([seq])))[0, -1])))
+    assert out.tokens[0].tolist() == seq[len(PROMPTS[0]) :]
+
+
+def test_eos_stops_each_sequence_and_pads(llama):
+    free = specdec.generate(llama, PROMPTS, max_new_tokens=12)
+    eos = int(free.tokens[1, 4])  # force sequence 1 to stop at its 5th token
+    out = specdec.generate(llama, PROMPTS, max_new_tokens=12, eos_token_id=eos, pad_token_id=127)
+    for b in range(3):
+        row = free.tokens[b].tolist()
+        n = row.index(eos) + 1 if eos in row else 12
+        assert out.lengths[b] == n
+        assert out.tokens[b, :n].tolist() == row[:n]
+        assert (out.tokens[b, n:] == 127).all()
+    assert out.lengths[1] <= 5
+
+
+def test_sampling_is_seeded_and_varies_with_seed(llama):
+    a = specdec.generate(llama, PROMPTS, max_new_tokens=8, temperature=1.0, seed=1)
+    b = specdec.generate(llama, PROMPTS, max_new_tokens=8, temperature=1.0, seed=1)
+    c = specdec.generate(llama, PROMPTS, max_new_tokens=8, temperature=1.0, seed=2)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert (a.tokens != c.tokens).any()
+
+
+def test_stats_are_consistent(llama):
+    out = specdec.generate(llama, PROMPTS, max_new_tokens=9)
+    s = out.stats
+    assert s.new_tokens == 27 and s.tau == 1.0 and s.target_forwards == 8
+    assert s.tokens_per_second == pytest.approx(27 / s.wall_seconds)
+
+
+class _CompileCounter:
+    """Counts XLA backend compilations (any jit in the process) while active."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self)
+
+
+def test_no_recompile_across_prompts_seeds_and_sampling_values(llama):
+    specdec.generate(llama, [[1, 2, 3], [4, 5]], max_new_tokens=10)  # warm: compiles once
+    before = compile_count()
+    with _CompileCounter() as counter:
+        specdec.generate(llama, [[9, 9, 9, 9, 9], [1]], max_new_tokens=10, seed=5)
+        specdec.generate(
+            llama, [[3, 1, 4, 1, 5, 9, 2], [6, 5, 3]], max_new_tokens=7, temperature=0.8
+        )
+        specdec.generate(
+            llama,
+            [[2, 7], [1, 8, 2, 8]],
+            max_new_tokens=16,
+            temperature=1.2,
+            top_k=5,
+            top_p=0.9,
+            seed=123,
+            eos_token_id=3,
+        )
+    assert compile_count() == before
+    assert counter.count == 0
+    # ...and the counter does see a compile when a static shape changes (a new batch size).
+    with _CompileCounter() as counter:
+        specdec.generate(llama, [[1, 2, 3]] * 5, max_new_tokens=10)
+    assert counter.count >= 1 and compile_count() == before + 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(input_ids=[]), "empty"),
+        (dict(input_ids=[[1, 2], []]), "prompt 1 is empty"),
+        (dict(input_ids=[[1, 128]]), "token id 128, outside the vocabulary"),
+        (dict(input_ids=[[1, -1]]), "token id -1"),
+        (dict(input_ids=[[1, 2.5]]), "non-integer"),
+        (dict(input_ids="hello"), "list of token-id lists"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(temperature=math.nan), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.01), "top_p"),
+        (dict(top_k=-3), "top_k"),
+        (dict(seed=-1), "seed"),
+        (dict(eos_token_id=500), "eos_token_id 500"),
+        (dict(max_cache_len=10), "needs 13 cache slots"),
+        (dict(policy=object()), "without a drafter"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(llama, kwargs, match):
+    args = dict(input_ids=[[1, 2]], max_new_tokens=10) | kwargs
+    with pytest.raises(ValueError, match=match):
+        specdec.generate(llama, **args)

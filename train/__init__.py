@@ -1,0 +1,4 @@
+"""Training: data, tokenizer, reference target and draft models, draft-head training.
+
+Flax NNX + optax + orbax.
+"""
