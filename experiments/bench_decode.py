@@ -1,7 +1,7 @@
 """Decode benchmark: plain and speculative tokens/s against the weight-bandwidth roofline.
 
-    PYTHONPATH=. python experiments/bench_decode.py                      # Llama-3-8B shape, random bf16
-    PYTHONPATH=. python experiments/bench_decode.py --target DIR --draft DIR2   # real checkpoints
+    PYTHONPATH=. python experiments/bench_decode.py # Llama-3-8B shape, random bf16
+    PYTHONPATH=. python experiments/bench_decode.py --target DIR --draft DIR2  # checkpoints
 
 Measured in one process: HBM copy bandwidth (the roofline ceiling), then for each batch size plain
 greedy decoding and each drafter x policy. Per-step decode time is isolated by timing two runs that
@@ -180,7 +180,8 @@ def main() -> None:
 def format_table(rows, bandwidth, weight_bytes, device) -> str:
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     lines = [
-        f"device {device}; HBM copy {bandwidth / 1e12:.2f} TB/s; weights {weight_bytes / 1e9:.2f} GB",
+        f"device {device}; HBM copy {bandwidth / 1e12:.2f} TB/s; "
+        f"weights {weight_bytes / 1e9:.2f} GB",
         "",
         "| B | method | policy | tau | ms/forward | decode tok/s | end-to-end tok/s | "
         "roofline tok/s | % roofline | speedup vs plain |",

@@ -26,6 +26,15 @@ def attend(
     )
 
 
+def causal_attention(
+    q: jax.Array,  # [B, T, N, H]
+    k: jax.Array,  # [B, T, K, H]
+    v: jax.Array,  # [B, T, K, H]
+) -> jax.Array:  # [B, T, N, H]
+    """Plain causal self-attention (training and scoring): jax's fused implementation, GQA-aware."""
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+
 def attend_block(
     q: jax.Array,  # [B, T, N, H]
     k: jax.Array,  # [B, T, K, H]

@@ -7,12 +7,13 @@ tensors onto them. Weights live in `param_dtype`; matmuls run in `dtype` with fl
 """
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from specdec.attention import attend, attend_block
+from specdec.attention import attend, attend_block, causal_attention
 from specdec.cache import KVCache, Region
 from specdec.config import ModelConfig
 from specdec.rope import apply_rotary, inverse_frequencies, rotary_tables
@@ -119,6 +120,19 @@ class DecoderLayer(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
 
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        dtype,
+        attention: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+    ) -> jax.Array:
+        """x [B, T, D] -> [B, T, D]; `attention(q, k, v)` decides what the block attends to."""
+        q, k, v = self.attn.project_qkv(self.attn_norm(x), cos, sin, dtype)
+        x = x + self.attn.output(attention(q, k, v), dtype)
+        return x + self.mlp(self.mlp_norm(x), dtype)
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -141,10 +155,12 @@ class Transformer(nnx.Module):
         param_dtype=jnp.float32,
         dtype=None,
         attention: str = "xla",
+        remat: bool = False,
     ):
         self.config = cfg
         self.dtype = jnp.dtype(dtype or param_dtype)
         self.attention = attention
+        self.remat = remat  # recompute each layer in the backward pass (training memory)
         self.embed = _init(
             rngs, (cfg.vocab_size, cfg.hidden_size), cfg.initializer_range, param_dtype
         )  # [V, D]
@@ -184,24 +200,28 @@ class Transformer(nnx.Module):
         tapped = []
         for index, layer in enumerate(self.layers):
             with jax.named_scope(f"layer_{index}"):
-                h = layer.attn_norm(x)
-                q, k, v = layer.attn.project_qkv(h, cos, sin, self.dtype)
-                if cache is None or not prefix:
-                    attn = attend_block(q, k, v, region.mask, impl=self.attention)
+                if cache is None:
+                    run = lambda layer, x: layer(x, cos, sin, self.dtype, causal_attention)
+                    x = (nnx.remat(run) if self.remat else run)(layer, x)
                 else:
-                    cache = cache.write(index, k, v, region.offsets)
-                    attn = attend(
-                        q,
-                        cache.k[index],
-                        cache.v[index],
-                        cache.lengths,
-                        region.mask,
-                        impl=self.attention,
-                    )
-                if cache is not None and not prefix:
-                    cache = cache.write(index, k, v, region.offsets)
-                x = x + layer.attn.output(attn, self.dtype)
-                x = x + layer.mlp(layer.mlp_norm(x), self.dtype)
+
+                    def attention(q, k, v, index=index):
+                        # The block's K/V go into the cache first; then attend over prefix + region
+                        # (or, for prefill into an empty cache, over the block alone).
+                        nonlocal cache
+                        cache = cache.write(index, k, v, region.offsets)
+                        if not prefix:
+                            return attend_block(q, k, v, region.mask, impl=self.attention)
+                        return attend(
+                            q,
+                            cache.k[index],
+                            cache.v[index],
+                            cache.lengths,
+                            region.mask,
+                            impl=self.attention,
+                        )
+
+                    x = layer(x, cos, sin, self.dtype, attention)
                 if index in taps:
                     tapped.append(x)
         return ForwardOutput(hidden=self.norm(x), cache=cache, taps=tuple(tapped))

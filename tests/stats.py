@@ -1,4 +1,4 @@
-"""Helpers for statistical losslessness tests: exact sequence distributions and a chi-square test."""
+"""Statistical losslessness helpers: exact sequence distributions and a chi-square test."""
 
 import itertools
 
@@ -25,7 +25,7 @@ def exact_sequence_probs(
         logits = model.logits(ids)[:, -1]  # [num_prefixes, V]
         step = np.asarray(probabilities(logits, params), np.float64)
         probs = (probs[:, None] * step).reshape(-1)
-        prefixes = [p + (t,) for p in prefixes for t in range(vocab)]
+        prefixes = [(*p, t) for p in prefixes for t in range(vocab)]
     return probs / probs.sum()
 
 

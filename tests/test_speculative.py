@@ -205,7 +205,7 @@ def test_tree_larger_than_cache_room_is_rejected(llama):
 
 
 def test_policy_the_drafter_cannot_serve(llama):
-    with pytest.raises(ValueError, match="NGram cannot serve a policy with children='sample'"):
+    with pytest.raises(ValueError, match=r"NGram cannot serve a policy with children='sample'"):
         specdec.generate(
             llama, [[1, 2]], max_new_tokens=4, drafter=NGram(), policy=Chain(2, "sample")
         )
@@ -231,5 +231,5 @@ def test_bad_policies():
 def test_drafter_and_model_types_are_checked(llama):
     with pytest.raises(TypeError, match="drafter must be"):
         specdec.generate(llama, [[1]], max_new_tokens=2, drafter="ngram")
-    with pytest.raises(TypeError, match="DraftModel takes a specdec.Model"):
+    with pytest.raises(TypeError, match=r"DraftModel takes a specdec\.Model"):
         DraftModel("small.ckpt")
