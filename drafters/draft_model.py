@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from drafters.base import DraftContext, Drafter
+from specdec.attention import SLOT_MULTIPLE
 from specdec.cache import KVCache, Region
 from specdec.models import Model, Net
 from trees.policy import Policy
@@ -67,8 +68,9 @@ class DraftModel(Drafter):
     def init_state(self, batch, capacity, policy):
         cfg = self.net.config
         extra = max(self.catch_up_width(policy), policy.max_nodes)
+        slots = -(-(capacity + extra) // SLOT_MULTIPLE) * SLOT_MULTIPLE  # kernel-friendly S
         cache = KVCache.create(
-            cfg.num_layers, batch, capacity + extra, cfg.num_kv_heads, cfg.head_dim, self.net.dtype
+            cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim, self.net.dtype
         )
         return DraftModelState(cache=cache)
 

@@ -4,7 +4,13 @@ import jax
 
 from kernels_pallas.reference import tree_attention_reference
 
-IMPLEMENTATIONS = ("xla", "pallas", "auto")
+# "interpret" runs the Pallas (Triton) kernel in interpret mode: the CPU tests' way to put the
+# kernel on the model's real code path.
+IMPLEMENTATIONS = ("auto", "xla", "pallas", "mosaic_gpu", "triton", "mosaic_tpu", "interpret")
+
+# Cache capacities are rounded up to this many slots so every kernel can tile the key axis
+# (the GPU kernels need multiples of 64, the TPU kernel of 128).
+SLOT_MULTIPLE = 128
 
 
 def attend(
@@ -21,6 +27,10 @@ def attend(
         return tree_attention_reference(q, k_cache, v_cache, lengths, region_mask)
     import kernels_pallas
 
+    if impl == "interpret":
+        return kernels_pallas.tree_attention(
+            q, k_cache, v_cache, lengths, region_mask, implementation="pallas", interpret=True
+        )
     return kernels_pallas.tree_attention(
         q, k_cache, v_cache, lengths, region_mask, implementation=impl
     )

@@ -10,11 +10,10 @@ import numpy as np
 from flax import nnx
 
 from specdec import checkpoint
+from specdec.attention import IMPLEMENTATIONS as ATTENTION_CHOICES
 from specdec.config import ModelConfig
 from specdec.model import Transformer
 from specdec.tokenizer import Tokenizer
-
-ATTENTION_CHOICES = ("auto", "xla", "pallas", "mosaic_gpu", "triton", "mosaic_tpu")
 
 
 @jax.tree_util.register_dataclass
@@ -39,18 +38,10 @@ class Net:
 
 
 def resolve_attention(attention: str) -> str:
-    """'auto' -> 'pallas' where a Pallas kernel exists for the default backend, else 'xla'."""
+    """Validate an attention implementation name ("auto" resolves per backend and shape)."""
     if attention not in ATTENTION_CHOICES:
         raise ValueError(f"attention={attention!r} is not one of {ATTENTION_CHOICES}")
-    if attention != "auto":
-        return attention
-    try:
-        import kernels_pallas
-
-        has_kernel = getattr(kernels_pallas, "has_pallas_kernel", lambda: False)()
-    except ImportError:
-        has_kernel = False
-    return "pallas" if has_kernel else "xla"
+    return attention
 
 
 class Model:
