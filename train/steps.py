@@ -1,0 +1,168 @@
+"""Pure training functions: schedule, AdamW, the losses, and the train / eval steps to jit.
+
+Parameters travel as a nested dict of float32 arrays (the `nnx.to_pure_dict` layout): optax, orbax
+and jax sharding all take plain dicts, and `ModelDef.module(params)` rebuilds the NNX module inside
+the traced function (free under jit). Compute runs in the module's `dtype` (bfloat16 on GPUs)
+while these float32 master weights take the updates.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from specdec.model import Transformer
+from train.configs import TrainConfig
+
+Params = dict[str, Any]  # nested dict of arrays, nnx.to_pure_dict(nnx.state(module)) layout
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+    """A Transformer's static graph, able to rebuild the module from a pure dict of parameters."""
+
+    graphdef: nnx.GraphDef
+    abstract: nnx.State  # shapes and dtypes only: the structure a pure dict is poured into
+
+    @staticmethod
+    def split(module: Transformer) -> tuple["ModelDef", Params]:
+        graphdef, state = nnx.split(module)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        return ModelDef(graphdef, abstract), nnx.to_pure_dict(state)
+
+    def module(self, params: Params) -> Transformer:
+        # Matched by key, as specdec.checkpoint loads weights, so no leaf order is assumed.
+        state = jax.tree.map(lambda x: x, self.abstract)  # a fresh State to fill
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(self.graphdef, state)
+
+    def logits(self, params: Params, inputs: jax.Array) -> jax.Array:
+        """Causal forward: inputs int32 [B, L] -> float32 logits [B, L, V]."""
+        module = self.module(params)
+        batch, length = inputs.shape
+        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        return module.logits(module(inputs, positions).hidden)
+
+
+# ---- schedule and optimizer --------------------------------------------------------------------
+
+
+def learning_rate(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr over cfg.warmup_steps, then cosine decay to cfg.lr * min_lr_ratio
+    at `total_steps` (the schedule's length is a run-time value: a time budget may shorten it)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+
+
+def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """AdamW behind a global-norm clip, *without* the learning-rate scale.
+
+    This is `optax.adamw` (scale_by_adam -> add_decayed_weights -> scale_by_learning_rate) with
+    the last factor, -lr, applied by the train step, so the learning rate is an input of the step
+    rather than baked into it. Weight decay is masked to matrices (norm weights are not decayed).
+    """
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.clip_norm),
+        optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+        optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
+    )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything an optimizer step changes (and a checkpoint holds, with the data position)."""
+
+    step: jax.Array  # int32 [], optimizer steps taken
+    params: Params  # float32 master weights
+    opt: optax.OptState  # clip + Adam moments (+ empty decay state)
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "params": self.params, "opt": self.opt}
+
+    @staticmethod
+    def from_dict(tree: dict) -> "TrainState":
+        return TrainState(step=tree["step"], params=tree["params"], opt=tree["opt"])
+
+
+# ---- losses ----------------------------------------------------------------------------------
+
+
+def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Negative log-likelihood of each target: logits f32 [B, L, V], targets [B, L] -> [B, L]."""
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # [B, L]
+    return jax.nn.logsumexp(logits, axis=-1) - picked
+
+
+def distill_kl(student: jax.Array, teacher: jax.Array, temperature: float) -> jax.Array:
+    """KL(teacher || student) per token, both softened by `temperature`, times T^2 (Hinton et al.,
+    so its gradients keep their scale as T changes): logits [B, L, V] -> [B, L]."""
+    log_p = jax.nn.log_softmax(teacher / temperature, axis=-1)  # [B, L, V]
+    log_q = jax.nn.log_softmax(student / temperature, axis=-1)  # [B, L, V]
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1) * temperature**2
+
+
+# ---- steps -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A frozen teacher for distillation: its graph (static) and how to run it."""
+
+    model: ModelDef
+
+    def logits(self, params: Params, inputs: jax.Array) -> jax.Array:
+        return jax.lax.stop_gradient(self.model.logits(params, inputs))
+
+
+def make_train_step(
+    model: ModelDef, cfg: TrainConfig, teacher: Teacher | None = None
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """(state, tokens int32 [B, L+1], lr f32 [], teacher_params) -> (new state, metrics)."""
+    tx = optimizer(cfg)
+    weight = cfg.distill_weight if teacher is not None else 0.0
+
+    def loss_fn(params, tokens, teacher_params):
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]  # [B, L] each
+        logits = model.logits(params, inputs)  # [B, L, V]
+        ce = token_nll(logits, targets).mean()
+        kl = jnp.zeros((), jnp.float32)
+        if weight > 0.0:
+            teacher_logits = teacher.logits(teacher_params, inputs)  # [B, L, V]
+            kl = distill_kl(logits, teacher_logits, cfg.distill_temperature).mean()
+        loss = (1.0 - weight) * ce + weight * kl
+        return loss, {"loss": loss, "ce": ce, "kl": kl}
+
+    def train_step(state: TrainState, tokens, lr, teacher_params=None):
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, tokens, teacher_params)
+        updates, opt = tx.update(grads, state.opt, state.params)
+        params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+        metrics = {**metrics, "grad_norm": grad_norm}
+        return TrainState(step=state.step + 1, params=params, opt=opt), metrics
+
+    return train_step
+
+
+def make_eval_step(model: ModelDef) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """(params, tokens int32 [B, L+1], weights f32 [B]) -> (summed NLL, scored tokens)."""
+
+    def eval_step(params, tokens, weights):
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        nll = token_nll(model.logits(params, inputs), targets)  # [B, L]
+        return jnp.sum(nll * weights[:, None]), jnp.sum(weights) * targets.shape[1]
+
+    return eval_step
+
+
+def init_state(params: Params, cfg: TrainConfig) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt=optimizer(cfg).init(params))
