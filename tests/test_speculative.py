@@ -233,3 +233,27 @@ def test_drafter_and_model_types_are_checked(llama):
         specdec.generate(llama, [[1]], max_new_tokens=2, drafter="ngram")
     with pytest.raises(TypeError, match=r"DraftModel takes a specdec\.Model"):
         DraftModel("small.ckpt")
+
+
+def test_speculative_loop_does_not_recompile(llama, tiny_draft):
+    """Prompts within a bucket, seeds and sampling values reuse the compiled speculative loop."""
+    from test_generate import _CompileCounter
+
+    from specdec.generate import compile_count
+
+    drafter, policy = DraftModel(tiny_draft), Static(TREE, "sample_without_replacement")
+    specdec.generate(llama, [[1, 2, 3], [4, 5]], max_new_tokens=10, drafter=drafter, policy=policy)
+    before = compile_count()
+    with _CompileCounter() as counter:
+        for i, sampling in enumerate(
+            [dict(), dict(temperature=0.9, top_p=0.8), dict(temperature=1.4, top_k=7, seed=99)]
+        ):
+            specdec.generate(
+                llama,
+                [[9] * (3 + i), [1, 7, 7][: i + 1]],
+                max_new_tokens=12 + i,
+                drafter=DraftModel(tiny_draft),
+                policy=policy,
+                **sampling,
+            )
+    assert counter.count == 0 and compile_count() == before
