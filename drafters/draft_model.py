@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from drafters.base import DraftContext, Drafter
-from specdec.attention import SLOT_MULTIPLE
+from specdec.attention import kernel_slots
 from specdec.cache import KVCache, Region
 from specdec.models import Model, Net
 from trees.policy import Policy
@@ -68,19 +68,20 @@ class DraftModel(Drafter):
     def init_state(self, batch, capacity, policy):
         cfg = self.net.config
         extra = max(self.catch_up_width(policy), policy.max_nodes)
-        slots = -(-(capacity + extra) // SLOT_MULTIPLE) * SLOT_MULTIPLE  # kernel-friendly S
         cache = KVCache.create(
-            cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim, self.net.dtype
+            cfg.num_layers,
+            batch,
+            kernel_slots(capacity + extra),
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            self.net.dtype,
         )
         return DraftModelState(cache=cache)
 
     def prefill(self, state, prompt, prompt_lens):
-        batch, length = prompt.shape
-        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-        out = self.net.module()(
-            prompt, positions, state.cache, Region.causal(batch, length), prefix=False
+        return DraftModelState(
+            cache=self.net.module().prefill(prompt, prompt_lens, state.cache).cache
         )
-        return DraftModelState(cache=dataclasses.replace(out.cache, lengths=prompt_lens))
 
     def expander(self, ctx, policy):
         return _DraftModelExpander(self, ctx, self.catch_up_width(policy))

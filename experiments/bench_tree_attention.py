@@ -46,6 +46,7 @@ from kernels_pallas import tree_attention_mosaic_gpu as mgpu
 from kernels_pallas import tree_attention_triton as triton
 from kernels_pallas import tree_common as tc
 from kernels_pallas.reference import tree_attention_reference, visibility_mask
+from kernels_pallas.testing import random_tree_mask
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128  # Llama-3-8B
 DTYPE = jnp.bfloat16
@@ -280,19 +281,6 @@ def run_problem(problem, fns, timer, log):
 
 
 # ----------------------------------------------------------------------------- correctness
-
-
-def random_tree_mask(rng, batch, block, width):
-    """Ancestor masks of random trees (node i's parent is uniform in [0, i)), padded to width."""
-    mask = np.zeros((batch, block, width), bool)
-    for b in range(batch):
-        for i in range(block):
-            mask[b, i, i] = True
-            if i:
-                parent = rng.integers(0, i)
-                mask[b, i, :i] = mask[b, parent, :i]
-                mask[b, i, parent] = True
-    return mask
 
 
 def check_kernels(log, kernels):

@@ -3,6 +3,7 @@
 import jax
 
 from kernels_pallas.reference import tree_attention_reference
+from kernels_pallas.tree_common import round_up
 
 # "interpret" runs the Pallas (Triton) kernel in interpret mode: the CPU tests' way to put the
 # kernel on the model's real code path.
@@ -11,6 +12,11 @@ IMPLEMENTATIONS = ("auto", "xla", "pallas", "mosaic_gpu", "triton", "mosaic_tpu"
 # Cache capacities are rounded up to this many slots so every kernel can tile the key axis
 # (the GPU kernels need multiples of 64, the TPU kernel of 128).
 SLOT_MULTIPLE = 128
+
+
+def kernel_slots(num_slots: int) -> int:
+    """num_slots rounded up to a multiple of SLOT_MULTIPLE."""
+    return round_up(num_slots, SLOT_MULTIPLE)
 
 
 def attend(

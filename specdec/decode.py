@@ -80,12 +80,10 @@ def _is_stop(tokens: jax.Array, eos_ids: jax.Array) -> jax.Array:
 def _prefill(target: Net, cache: KVCache, prompt, prompt_lens, params, key):
     """Run the prompts, sample the first new token. Returns (cache, first_token [B])."""
     module = target.module()
-    batch, length = prompt.shape
-    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    out = module(prompt, positions, cache, Region.causal(batch, length), prefix=False)
+    out = module.prefill(prompt, prompt_lens, cache)
     last = jnp.take_along_axis(out.hidden, (prompt_lens - 1)[:, None, None], axis=1)[:, 0]  # [B, D]
     first = sample(key, probabilities(module.logits(last), params))
-    return dataclasses.replace(out.cache, lengths=prompt_lens), first
+    return out.cache, first
 
 
 def _step(

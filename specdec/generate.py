@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from drafters.base import Drafter
-from specdec.attention import SLOT_MULTIPLE
+from specdec.attention import kernel_slots
 from specdec.cache import KVCache
 from specdec.decode import LoopShape, decode_loop
 from specdec.models import Model
@@ -202,7 +202,7 @@ def generate(
         tree_nodes=tree_nodes,
     )
     capacity = shape.prompt_len + shape.max_new + tree_nodes
-    capacity = -(-capacity // SLOT_MULTIPLE) * SLOT_MULTIPLE  # so attention kernels tile S
+    capacity = kernel_slots(capacity)  # so attention kernels tile S
     shape = dataclasses.replace(shape, capacity=capacity)
     prompt = np.zeros((shape.batch, shape.prompt_len), np.int32)
     for i, p in enumerate(prompts):

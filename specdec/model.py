@@ -226,6 +226,13 @@ class Transformer(nnx.Module):
                     tapped.append(x)
         return ForwardOutput(hidden=self.norm(x), cache=cache, taps=tuple(tapped))
 
+    def prefill(self, prompt: jax.Array, prompt_lens: jax.Array, cache: KVCache) -> ForwardOutput:
+        """Run right-padded prompts [B, P] into an empty cache; its lengths become prompt_lens."""
+        batch, length = prompt.shape
+        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        out = self(prompt, positions, cache, Region.causal(batch, length), prefix=False)
+        return dataclasses.replace(out, cache=dataclasses.replace(out.cache, lengths=prompt_lens))
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """hidden [..., D] -> float32 logits [..., V]."""
         tied = self.config.tie_word_embeddings

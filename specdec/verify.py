@@ -117,22 +117,15 @@ def verify(tree: DraftTree, logits: jax.Array, params: SamplingParams, key: jax.
     """Verify each sequence's tree against target logits [B, T, V] (float32, one row per node)."""
     first_child, next_sibling = sibling_links(tree.parents, tree.valid)
     keys = jax.random.split(key, tree.tokens.shape[0])
-    draft_probs = tree.draft_probs
-    if draft_probs is None:
-        fn = lambda t, v, c, lg, fc, ns, k: _verify_one(t, v, c, None, lg, fc, ns, params, k)
-        path, n, bonus = jax.vmap(fn)(
-            tree.tokens, tree.valid, tree.child_kind, logits, first_child, next_sibling, keys
-        )
-    else:
-        fn = lambda t, v, c, q, lg, fc, ns, k: _verify_one(t, v, c, q, lg, fc, ns, params, k)
-        path, n, bonus = jax.vmap(fn)(
-            tree.tokens,
-            tree.valid,
-            tree.child_kind,
-            draft_probs,
-            logits,
-            first_child,
-            next_sibling,
-            keys,
-        )
+    verify_one = lambda t, v, c, q, lg, fc, ns, k: _verify_one(t, v, c, q, lg, fc, ns, params, k)
+    path, n, bonus = jax.vmap(verify_one)(
+        tree.tokens,
+        tree.valid,
+        tree.child_kind,
+        tree.draft_probs,
+        logits,
+        first_child,
+        next_sibling,
+        keys,
+    )
     return Verdict(path=path, num_accepted=n, bonus=bonus)

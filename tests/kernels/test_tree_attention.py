@@ -18,21 +18,9 @@ from kernels_pallas import tree_attention_tpu as tpu
 from kernels_pallas import tree_attention_triton as triton
 from kernels_pallas import tree_common as tc
 from kernels_pallas.reference import tree_attention_reference
+from kernels_pallas.testing import random_tree_mask
 
 TOLERANCE = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2}  # max abs error on O(1) outputs
-
-
-def random_tree_mask(rng: np.random.Generator, batch: int, block: int, width: int) -> np.ndarray:
-    """[B, T, R] ancestor masks of random trees: node i's parent is uniform in [0, i)."""
-    mask = np.zeros((batch, block, width), bool)
-    for b in range(batch):
-        for i in range(block):
-            mask[b, i, i] = True
-            if i:
-                parent = rng.integers(0, i)
-                mask[b, i, :i] = mask[b, parent, :i]
-                mask[b, i, parent] = True
-    return mask
 
 
 def make_problem(seed, *, batch, block, heads, kv_heads, head_dim, slots, width=None, dtype):
