@@ -1,7 +1,21 @@
-"""Drafters: who proposes the draft tree (draft LM, n-gram; EAGLE heads later)."""
+"""Drafters: who proposes the draft tree (implementations of `specdec.contract.Drafter`).
 
-from drafters.base import DraftContext, Drafter
+The interface (`Drafter`, `DraftContext`, `Expander`, ...) is defined once in `specdec.contract`
+and re-exported here for convenience.
+"""
+
 from drafters.draft_model import DraftModel
+from drafters.early_exit import EarlyExit
 from drafters.ngram import NGram
+from specdec.contract import DraftContext, Drafter, PrefillInputs, StepOutcome, TargetFeatures
 
-__all__ = ["DraftContext", "DraftModel", "Drafter", "NGram"]
+__all__ = [
+    "DraftContext",
+    "DraftModel",
+    "Drafter",
+    "EarlyExit",
+    "NGram",
+    "PrefillInputs",
+    "StepOutcome",
+    "TargetFeatures",
+]

@@ -5,11 +5,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from drafters.base import DraftContext, Drafter
 from specdec.attention import kernel_slots
 from specdec.cache import KVCache, Region
+from specdec.contract import DraftContext, Drafter, Policy, PrefillInputs
 from specdec.models import Model, Net
-from trees.policy import Policy
+from trees.static import Chain
 
 
 @jax.tree_util.register_dataclass
@@ -48,6 +48,9 @@ class DraftModel(Drafter):
     def vocab_size(self) -> int:
         return self.net.config.vocab_size
 
+    def default_policy(self) -> Policy:
+        return Chain(4)
+
     def check(self, target_config, target_tokenizer, policy):
         super().check(target_config, target_tokenizer, policy)
         if (
@@ -68,6 +71,11 @@ class DraftModel(Drafter):
     def init_state(self, batch, capacity, policy):
         cfg = self.net.config
         extra = max(self.catch_up_width(policy), policy.max_nodes)
+        if cfg.sliding_window is not None and capacity + extra > cfg.sliding_window:
+            raise ValueError(
+                f"the draft model's cache would span {capacity + extra} positions but its "
+                f"sliding_window is {cfg.sliding_window}; windowed attention is not implemented"
+            )
         cache = KVCache.create(
             cfg.num_layers,
             batch,
@@ -78,10 +86,9 @@ class DraftModel(Drafter):
         )
         return DraftModelState(cache=cache)
 
-    def prefill(self, state, prompt, prompt_lens):
-        return DraftModelState(
-            cache=self.net.module().prefill(prompt, prompt_lens, state.cache).cache
-        )
+    def prefill(self, state, inputs: PrefillInputs):
+        out = self.net.module().prefill(inputs.prompt, inputs.prompt_lens, state.cache)
+        return DraftModelState(cache=out.cache)
 
     def expander(self, ctx, policy):
         return _DraftModelExpander(self, ctx, self.catch_up_width(policy))

@@ -12,8 +12,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from drafters.base import DraftContext, Drafter
+from specdec.contract import DraftContext, Drafter, Policy
+from trees.static import Chain
 
 # Weight of recency among equally frequent continuations: the newest match counts 1 + this.
 _RECENCY_BONUS = 0.5
@@ -30,6 +32,11 @@ class NGram(Drafter):
     supported_children = frozenset({"top"})
 
     def __post_init__(self):
+        for name in ("max_ngram", "min_ngram"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"NGram {name} must be an integer >= 1, got {value!r}")
+            object.__setattr__(self, name, int(value))
         if not 1 <= self.min_ngram <= self.max_ngram:
             raise ValueError(
                 f"need 1 <= min_ngram <= max_ngram, got {self.min_ngram=} {self.max_ngram=}"
@@ -39,6 +46,9 @@ class NGram(Drafter):
     def vocab_size(self) -> None:
         # Lookup proposes tokens from the sequence itself: any vocabulary is shared by construction.
         return None
+
+    def default_policy(self) -> Policy:
+        return Chain(4)
 
     def init_state(self, batch, capacity, policy):
         return ()

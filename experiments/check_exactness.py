@@ -16,11 +16,19 @@ import jax.numpy as jnp
 import numpy as np
 
 import specdec
-from drafters import DraftModel, NGram
+from drafters import DraftModel, EarlyExit, NGram
 from specdec.config import ModelConfig
 from trees import Chain, Static
 
 TREE = [[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 0, 0]]
+# 32 nodes, depth 8: with batch 4, prompts of 32 and 64 new tokens, rows stop mid-block; the cache
+# must commit only what was emitted so every tree region stays inside the capacity (issue 8).
+DEEP_TREE = (
+    [[0] * d for d in range(1, 9)]
+    + [[1], [2], [3], [1, 0], [2, 0], [0, 1], [0, 2], [0, 0, 1], [0, 0, 2], [0, 1, 0], [1, 0, 0]]
+    + [[0, 0, 0, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1], [1, 1], [2, 1], [1, 0, 1], [3, 0]]
+    + [[0, 0, 0, 2], [0, 0, 0, 0, 0, 0, 1], [0, 3], [0, 0, 3], [2, 0, 0]]
+)
 
 
 def main() -> int:
@@ -64,6 +72,32 @@ def main() -> int:
             print(
                 f"{attention:5s} {name:22s} tau {out.stats.tau:5.2f} agreement {agree:.4f} "
                 f"{'OK' if ok else 'DIFFERS'}",
+                flush=True,
+            )
+    # The deep-tree case: self-drafting accepts whole blocks, EOS and max_new cut them mid-block.
+    deep_prompts = [rng.integers(0, cfg.vocab_size, 32).tolist() for _ in range(4)]
+    free = specdec.generate(target, deep_prompts, max_new_tokens=64)
+    eos = int(free.tokens[1, 10])
+    deep_plain = specdec.generate(target, deep_prompts, max_new_tokens=64, eos_token_id=eos)
+    for attention in args.attention:
+        model = target.with_attention(attention)
+        for name, drafter in [("self+DeepTree(32)", DraftModel(target)), ("EarlyExit(2)", None)]:
+            drafter = drafter or EarlyExit(2)
+            out = specdec.generate(
+                model,
+                deep_prompts,
+                max_new_tokens=64,
+                eos_token_id=eos,
+                drafter=drafter,
+                policy=Static(DEEP_TREE),
+            )
+            agree = float((out.tokens == deep_plain.tokens).mean())
+            same_len = bool((out.lengths == deep_plain.lengths).all())
+            ok = agree == 1.0 and same_len
+            failures += (not ok) and dtype == jnp.float32
+            print(
+                f"{attention:5s} {name:22s} tau {out.stats.tau:5.2f} agreement {agree:.4f} "
+                f"lengths {deep_plain.lengths.tolist()} {'OK' if ok else 'DIFFERS'}",
                 flush=True,
             )
     return 1 if failures else 0

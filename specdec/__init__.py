@@ -11,7 +11,12 @@ Dimension letters used in shape comments everywhere in this repository:
 """
 
 from specdec.config import ModelConfig, RopeConfig
-from specdec.generate import GenerateOutput, GenerateStats, generate
+from specdec.engine.generate import (
+    GenerateOutput,
+    GenerateStats,
+    compiled_cache_size,
+    generate,
+)
 from specdec.models import Model, load
 from specdec.sampling import SamplingParams
 
@@ -22,6 +27,7 @@ __all__ = [
     "ModelConfig",
     "RopeConfig",
     "SamplingParams",
+    "compiled_cache_size",
     "generate",
     "load",
 ]

@@ -4,6 +4,7 @@ import jax
 
 from kernels_pallas.reference import tree_attention_reference
 from kernels_pallas.tree_common import round_up
+from specdec.cache import LayerKV
 
 # "interpret" runs the Pallas (Triton) kernel in interpret mode: the CPU tests' way to put the
 # kernel on the model's real code path.
@@ -21,14 +22,19 @@ def kernel_slots(num_slots: int) -> int:
 
 def attend(
     q: jax.Array,  # [B, T, N, H]
-    k_cache: jax.Array,  # [B, S, K, H]
-    v_cache: jax.Array,  # [B, S, K, H]
+    kv: LayerKV,  # one layer of the cache: k, v [B, S, K, H]
     lengths: jax.Array,  # [B] int32
     region_mask: jax.Array,  # [B, T, R] bool
     *,
     impl: str,
 ) -> jax.Array:  # [B, T, N, H]
-    """Block attention over the committed prefix plus the region (see kernels_pallas.reference)."""
+    """Block attention over the committed prefix plus the region (see kernels_pallas.reference).
+
+    Dispatches on the type of `kv`, so a cache type with another layout brings its own kernels.
+    """
+    if not isinstance(kv, LayerKV):
+        raise TypeError(f"no attention implementation reads a {type(kv).__name__}")
+    k_cache, v_cache = kv.k, kv.v
     if impl == "xla":
         return tree_attention_reference(q, k_cache, v_cache, lengths, region_mask)
     import kernels_pallas
@@ -61,4 +67,4 @@ def attend_block(
 ) -> jax.Array:  # [B, T, N, H]
     """Attention within one block that has no cached prefix (prefill, training)."""
     lengths = jax.numpy.zeros((q.shape[0],), jax.numpy.int32)
-    return attend(q, k, v, lengths, mask, impl=impl)
+    return attend(q, LayerKV(k=k, v=v), lengths, mask, impl=impl)

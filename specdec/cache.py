@@ -1,5 +1,9 @@
 """The KV cache: fixed capacity, per-sequence lengths, blocks written into a region, paths kept.
 
+`Cache` is the interface the model, attention and the decode loop use; `KVCache` (K/V in the
+model's dtype) is the default implementation. Another cache (for example a quantized one) is a
+second pytree type with the same methods whose `read` returns a view attention knows how to read.
+
 A forward pass over a block of T tokens writes their K/V into the *region* that starts at each
 sequence's current length: token t goes to slot `lengths[b] + offsets[b, t]`, and
 `Region.mask[b, t, r]` says whether token t attends to region slot r. Slots below `lengths[b]`
@@ -9,6 +13,7 @@ the caller either `advance`s (the block was a contiguous run, e.g. prefill or a 
 which is moved down to be contiguous with the prefix.
 """
 
+import abc
 import dataclasses
 
 import jax
@@ -45,8 +50,52 @@ class Region:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class KVCache:
-    """Per-layer K/V buffers of fixed capacity S plus each sequence's committed length."""
+class LayerKV:
+    """What attention reads of one layer of a `KVCache`."""
+
+    k: jax.Array  # [B, S, K, H]
+    v: jax.Array  # [B, S, K, H]
+
+
+class Cache(abc.ABC):
+    """The cache protocol: a pytree with per-sequence `lengths` and these pure methods."""
+
+    lengths: jax.Array  # [B] int32: committed tokens per sequence
+
+    @property
+    @abc.abstractmethod
+    def capacity(self) -> int:
+        """S: slots per sequence."""
+
+    @abc.abstractmethod
+    def write(self, layer: int, k_new: jax.Array, v_new: jax.Array, offsets: jax.Array) -> "Cache":
+        """Store a block's K/V [B, T, K, H] of one layer at slots lengths + offsets [B, T]."""
+
+    @abc.abstractmethod
+    def read(self, layer: int):
+        """What attention reads for `layer` (a pytree attention dispatches on, e.g. LayerKV)."""
+
+    @abc.abstractmethod
+    def commit(self, keep: jax.Array, num_keep: jax.Array) -> "Cache":
+        """Keep region slots keep[b, :num_keep[b]] (increasing) and append them to the prefix."""
+
+    def advance(self, num_tokens: jax.Array) -> "Cache":
+        """Commit the first num_tokens [B] region slots as they are (written contiguously)."""
+        return self.with_lengths(self.lengths + num_tokens.astype(jnp.int32))
+
+    def with_lengths(self, lengths: jax.Array) -> "Cache":
+        """The same buffers with committed lengths [B] replaced."""
+        return dataclasses.replace(self, lengths=lengths.astype(jnp.int32))
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache(Cache):
+    """Per-layer K/V buffers of fixed capacity S (model dtype) plus each sequence's length."""
 
     k: tuple[jax.Array, ...]  # L x [B, S, K, H]
     v: tuple[jax.Array, ...]  # L x [B, S, K, H]
@@ -74,10 +123,6 @@ class KVCache:
         """S: slots per sequence."""
         return self.k[0].shape[1]
 
-    @property
-    def batch_size(self) -> int:
-        return self.k[0].shape[0]
-
     def write(
         self, layer: int, k_new: jax.Array, v_new: jax.Array, offsets: jax.Array
     ) -> "KVCache":
@@ -94,9 +139,8 @@ class KVCache:
             v=(*self.v[:layer], v_layer, *self.v[layer + 1 :]),
         )
 
-    def advance(self, num_tokens: jax.Array) -> "KVCache":
-        """Commit the first num_tokens [B] region slots as they are (written contiguously)."""
-        return dataclasses.replace(self, lengths=self.lengths + num_tokens.astype(jnp.int32))
+    def read(self, layer: int) -> LayerKV:
+        return LayerKV(k=self.k[layer], v=self.v[layer])
 
     def commit(self, keep: jax.Array, num_keep: jax.Array) -> "KVCache":
         """Keep region slots keep[b, :num_keep[b]] (increasing) and append them to the prefix.

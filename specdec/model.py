@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from specdec.attention import attend, attend_block, causal_attention
-from specdec.cache import KVCache, Region
+from specdec.cache import Cache, Region
 from specdec.config import ModelConfig
 from specdec.rope import apply_rotary, inverse_frequencies, rotary_tables
 
@@ -140,7 +140,7 @@ class ForwardOutput:
     """What one forward pass returns."""
 
     hidden: jax.Array  # [B, T, D] after the final norm (feed to `Transformer.logits`)
-    cache: KVCache | None  # the cache with this block's K/V written (lengths unchanged)
+    cache: Cache | None  # the cache with this block's K/V written (lengths unchanged)
     taps: tuple[jax.Array, ...]  # residual stream [B, T, D] after each requested layer
 
 
@@ -173,32 +173,44 @@ class Transformer(nnx.Module):
                 rngs, (cfg.hidden_size, cfg.vocab_size), cfg.initializer_range, param_dtype
             )  # [D, V]
 
-    def __call__(
+    def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+        """tokens [B, T] int32 -> input residual stream [B, T, D] in the compute dtype."""
+        return self.embed[...][tokens].astype(self.dtype)
+
+    def rotary(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """cos, sin [B, T, H] for RoPE positions [B, T]."""
+        return rotary_tables(positions, inverse_frequencies(self.config.rope, self.config.head_dim))
+
+    def run_layers(
         self,
-        tokens: jax.Array,  # [B, T] int32
+        x: jax.Array,  # [B, T, D] residual stream entering layer `start`
         positions: jax.Array,  # [B, T] int32
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         region: Region | None = None,
         *,
+        start: int = 0,
+        stop: int | None = None,
         prefix: bool = True,
         taps: tuple[int, ...] = (),
-    ) -> ForwardOutput:
-        """Run a block of tokens.
+    ) -> tuple[jax.Array, Cache | None, tuple[jax.Array, ...]]:
+        """Run layers [start, stop) on a block; returns (residual stream after `stop`, cache, taps).
 
-        With no cache: causal attention within the block (training, scoring). With a cache: the
-        block's K/V are written at `region` and each token attends to the committed prefix plus the
-        region slots its mask allows; `prefix=False` declares the prefix empty (prefill), so
-        attention runs over the block alone instead of the whole cache capacity.
+        Self-drafters use this to run part of the target (its first E layers) with the target's
+        own cache; `__call__` is embed -> run_layers(0, L) -> final norm. `taps` lists layer indices
+        whose output residual stream is returned (in the order given, all inside [start, stop)).
         """
-        batch, block = tokens.shape
+        stop = len(self.layers) if stop is None else stop
+        if not 0 <= start <= stop <= len(self.layers):
+            raise ValueError(f"layer range [{start}, {stop}) is outside [0, {len(self.layers)}]")
+        if any(not start <= t < stop for t in taps):
+            raise ValueError(f"taps {taps} must lie in the layer range [{start}, {stop})")
+        batch, block = x.shape[:2]
         if region is None:
             region = Region.causal(batch, block)
-        x = self.embed[...][tokens].astype(self.dtype)  # [B, T, D]
-        cos, sin = rotary_tables(
-            positions, inverse_frequencies(self.config.rope, self.config.head_dim)
-        )  # [B, T, H] each
-        tapped = []
-        for index, layer in enumerate(self.layers):
+        cos, sin = self.rotary(positions)  # [B, T, H] each
+        tapped = {}
+        for index in range(start, stop):
+            layer = self.layers[index]
             with jax.named_scope(f"layer_{index}"):
                 if cache is None:
                     run = lambda layer, x: layer(x, cos, sin, self.dtype, causal_attention)
@@ -213,25 +225,48 @@ class Transformer(nnx.Module):
                         if not prefix:
                             return attend_block(q, k, v, region.mask, impl=self.attention)
                         return attend(
-                            q,
-                            cache.k[index],
-                            cache.v[index],
-                            cache.lengths,
-                            region.mask,
-                            impl=self.attention,
+                            q, cache.read(index), cache.lengths, region.mask, impl=self.attention
                         )
 
                     x = layer(x, cos, sin, self.dtype, attention)
                 if index in taps:
-                    tapped.append(x)
-        return ForwardOutput(hidden=self.norm(x), cache=cache, taps=tuple(tapped))
+                    tapped[index] = x
+        return x, cache, tuple(tapped[t] for t in taps)
 
-    def prefill(self, prompt: jax.Array, prompt_lens: jax.Array, cache: KVCache) -> ForwardOutput:
+    def __call__(
+        self,
+        tokens: jax.Array,  # [B, T] int32
+        positions: jax.Array,  # [B, T] int32
+        cache: Cache | None = None,
+        region: Region | None = None,
+        *,
+        prefix: bool = True,
+        taps: tuple[int, ...] = (),
+    ) -> ForwardOutput:
+        """Run a block of tokens through every layer.
+
+        With no cache: causal attention within the block (training, scoring). With a cache: the
+        block's K/V are written at `region` and each token attends to the committed prefix plus the
+        region slots its mask allows; `prefix=False` declares the prefix empty (prefill), so
+        attention runs over the block alone instead of the whole cache capacity.
+        """
+        x, cache, tapped = self.run_layers(
+            self.embed_tokens(tokens), positions, cache, region, prefix=prefix, taps=taps
+        )
+        return ForwardOutput(hidden=self.norm(x), cache=cache, taps=tapped)
+
+    def prefill(
+        self,
+        prompt: jax.Array,
+        prompt_lens: jax.Array,
+        cache: Cache,
+        taps: tuple[int, ...] = (),
+    ) -> ForwardOutput:
         """Run right-padded prompts [B, P] into an empty cache; its lengths become prompt_lens."""
         batch, length = prompt.shape
         positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-        out = self(prompt, positions, cache, Region.causal(batch, length), prefix=False)
-        return dataclasses.replace(out, cache=dataclasses.replace(out.cache, lengths=prompt_lens))
+        out = self(prompt, positions, cache, Region.causal(batch, length), prefix=False, taps=taps)
+        return dataclasses.replace(out, cache=out.cache.with_lengths(prompt_lens))
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """hidden [..., D] -> float32 logits [..., V]."""

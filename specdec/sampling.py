@@ -14,6 +14,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @jax.tree_util.register_dataclass
@@ -31,26 +32,34 @@ class SamplingParams:
         validate(temperature, top_k, top_p)
         return SamplingParams(
             temperature=jnp.asarray(temperature, jnp.float32),
-            top_k=jnp.asarray(top_k, jnp.int32),
+            top_k=jnp.asarray(int(top_k), jnp.int32),
             top_p=jnp.asarray(top_p, jnp.float32),
         )
 
 
 def validate(temperature: float, top_k: int, top_p: float) -> None:
-    """ValueError for temperature < 0 / NaN / inf, top_k < 0, top_p outside (0, 1]."""
-    try:
-        temperature = float(temperature)
-        top_p = float(top_p)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"temperature and top_p must be numbers, got {temperature!r}, {top_p!r}"
-        ) from err
-    if math.isnan(temperature) or math.isinf(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+    """ValueError unless temperature >= 0, top_k >= 0 and top_p in (0, 1] hold in float32 / int32.
+
+    The loop computes in float32: a temperature that overflows it (1e39) or a top_p that rounds to
+    0 (1e-40) would silently turn sampling into garbage, so they are rejected here.
+    """
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+    as_f32 = lambda x: float(np.float32(x)) if abs(float(x)) < 1e39 else math.inf
+    temperature_f32, top_p_f32 = as_f32(temperature), as_f32(top_p)
+    if math.isnan(temperature_f32) or math.isinf(temperature_f32) or temperature_f32 < 0:
+        raise ValueError(f"temperature must be a finite float32 number >= 0, got {temperature!r}")
+    # XLA flushes float32 subnormals to zero, so anything below the smallest normal is 0 there.
+    tiny = float(np.finfo(np.float32).tiny)
+    if 0 < float(temperature) and temperature_f32 < tiny:
+        raise ValueError(f"temperature {temperature!r} is 0 in float32; use 0 for greedy")
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 0:
         raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
-    if math.isnan(top_p) or not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k > 2**31 - 1:
+        raise ValueError(f"top_k must fit in int32 (use 0 to disable it), got {top_k!r}")
+    if math.isnan(top_p_f32) or not tiny <= top_p_f32 <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] and not 0 in float32, got {top_p!r}")
 
 
 def _filter(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -66,7 +75,7 @@ def _filter(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
     # kept when the mass strictly before it is < top_p (so the top token is always kept).
     probs_sorted = jax.nn.softmax(ordered, axis=-1)
     mass_before = jnp.cumsum(probs_sorted, axis=-1) - probs_sorted
-    kept = mass_before < top_p
+    kept = (mass_before < top_p) | (jnp.arange(vocab) == 0)  # the top token, by construction
     threshold = jnp.min(jnp.where(kept, ordered, jnp.inf), axis=-1, keepdims=True)
     return jnp.where(scaled < threshold, -jnp.inf, scaled)
 
@@ -79,7 +88,8 @@ def probabilities(logits: jax.Array, params: SamplingParams) -> jax.Array:
         return jax.nn.one_hot(jnp.argmax(x, axis=-1), x.shape[-1], dtype=jnp.float32)
 
     def sampled(x):
-        scaled = x / params.temperature
+        # Shift by the max first: (x - max) / t <= 0 never overflows to +inf for a tiny t.
+        scaled = (x - jnp.max(x, axis=-1, keepdims=True)) / params.temperature
         filtering = (params.top_k > 0) | (params.top_p < 1.0)
         scaled = jax.lax.cond(
             filtering, lambda s: _filter(s, params.top_k, params.top_p), lambda s: s, scaled

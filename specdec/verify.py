@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from specdec.sampling import SamplingParams, probabilities, sample
-from trees.tree import ChildKind, DraftTree, sibling_links
+from specdec.tree import ChildKind, DraftTree, sibling_links
 
 
 @jax.tree_util.register_dataclass

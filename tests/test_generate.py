@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import specdec
-from specdec.generate import compile_count
+from specdec.engine.generate import compile_count
 
 PROMPTS = [[5, 17, 3, 99, 42, 8, 1], [64, 2, 2], [7] * 11]
 

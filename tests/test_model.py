@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specdec.cache import KVCache, Region
-from trees.tree import ancestor_mask
+from specdec.tree import ancestor_mask
 
 
 def _positions(batch, start, length):

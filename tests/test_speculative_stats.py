@@ -104,8 +104,8 @@ class RelabelledChildren(Static):
 
     label: int = ChildKind.DETERMINISTIC
 
-    def build(self, expander, state, root, params, key):
-        tree, state = super().build(expander, state, root, params, key)
+    def build(self, expander, state, root, params, key, policy_state=()):
+        tree, state = super().build(expander, state, root, params, key, policy_state)
         return dataclasses.replace(
             tree, child_kind=jnp.full_like(tree.child_kind, self.label)
         ), state

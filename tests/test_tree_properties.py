@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specdec.cache import KVCache
+from specdec.tree import ancestor_mask, sibling_links
 from trees import Topology
-from trees.tree import ancestor_mask, sibling_links
 
 NODES = 8  # fixed capacity: every example reuses one compiled function
 

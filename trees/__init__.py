@@ -1,8 +1,13 @@
-"""Draft trees and the policies that shape them."""
+"""Tree policies: who decides the shape of each step's draft tree (implementations).
 
-from trees.policy import CHILDREN_MODES, Expander, Policy, StaticShapePolicy, Topology
+The interfaces (`Policy`, `Expander`, `DraftTree`, `ChildKind`) are defined once in the core,
+`specdec.contract` and `specdec.tree`, and re-exported here for convenience.
+"""
+
+from specdec.contract import CHILDREN_MODES, Expander, Policy
+from specdec.tree import ChildKind, DraftTree
+from trees.policy import StaticShapePolicy, Topology
 from trees.static import Chain, Static
-from trees.tree import ChildKind, DraftTree
 
 __all__ = [
     "CHILDREN_MODES",

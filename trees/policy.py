@@ -1,6 +1,7 @@
-"""Tree policies: algorithms that grow a draft tree by querying a drafter's next-token oracle.
+"""Fixed-shape tree policies: a `Topology` compiled once, grown level by level.
 
-A policy never sees model weights or caches. It talks to the drafter through an `Expander`:
+The policy interface itself (`Policy`, `Expander`) lives in `specdec.contract`. A policy never sees
+model weights or caches. It talks to the drafter through an `Expander`:
 `root(state)` gives the draft logits after the root, `expand(state, tree, frontier)` gives the draft
 logits after each frontier node of the partial tree. Static shapes (Chain, Static) unroll their
 levels; dynamic policies (EAGLE-2, Sequoia, RSD-S, SpecExec) pick frontiers from the logits they
@@ -9,61 +10,14 @@ have seen. Either way the result is a `DraftTree` whose `child_kind` tells the v
 
 import abc
 import dataclasses
-from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specdec.sampling import SamplingParams, probabilities, sample, sample_without_replacement
-from trees.tree import ChildKind, DraftTree
-
-CHILDREN_MODES = {
-    "top": ChildKind.DETERMINISTIC,
-    "sample": ChildKind.WITH_REPLACEMENT,
-    "sample_without_replacement": ChildKind.WITHOUT_REPLACEMENT,
-}
-
-
-class Expander(Protocol):
-    """A drafter's next-token oracle for one decoding step (state is the drafter's own pytree)."""
-
-    def root(self, state: Any) -> tuple[jax.Array, Any]:
-        """Draft logits [B, V] after the root, and the new state."""
-
-    def expand(self, state: Any, tree: DraftTree, frontier: jax.Array) -> tuple[jax.Array, Any]:
-        """Draft logits [B, F, V] after each frontier node [B, F] of the partial tree, new state."""
-
-
-class Policy(abc.ABC):
-    """Shape of the draft tree and how children are chosen (a frozen, hashable config)."""
-
-    children: str  # one of CHILDREN_MODES
-
-    @property
-    @abc.abstractmethod
-    def max_nodes(self) -> int:
-        """T: node capacity of the trees it builds, root included."""
-
-    @property
-    @abc.abstractmethod
-    def max_depth(self) -> int:
-        """Deepest node depth (the root is depth 0)."""
-
-    @property
-    def child_kind(self) -> ChildKind:
-        return CHILDREN_MODES[self.children]
-
-    @abc.abstractmethod
-    def build(
-        self,
-        expander: Expander,
-        state: Any,
-        root: jax.Array,
-        params: SamplingParams,
-        key: jax.Array,
-    ) -> tuple[DraftTree, Any]:
-        """Grow a tree below root tokens [B]; returns the tree and the drafter's new state."""
+from specdec.contract import Policy
+from specdec.sampling import probabilities, sample, sample_without_replacement
+from specdec.tree import ChildKind, DraftTree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +97,26 @@ class StaticShapePolicy(Policy):
     def max_depth(self) -> int:
         return self.topology.max_depth
 
-    def build(self, expander, state, root, params, key):
+    @property
+    def max_leaves(self) -> int:
+        return sum(1 for u in range(self.max_nodes) if not self.topology.children(u))
+
+    @property
+    def max_children(self) -> int:
+        """Most children of any one node."""
+        return max(len(self.topology.children(u)) for u in range(self.max_nodes))
+
+    def check(self, vocab_size: int) -> None:
+        # Distinct candidates per node (ranked or drawn without replacement) cannot outnumber the
+        # vocabulary; i.i.d. draws can repeat, so "sample" serves any width.
+        if self.child_kind != ChildKind.WITH_REPLACEMENT and self.max_children > vocab_size:
+            raise ValueError(
+                f"{type(self).__name__} gives a node {self.max_children} children with "
+                f"children={self.children!r}, more distinct tokens than the vocabulary's "
+                f"{vocab_size}; use a narrower tree or children='sample'"
+            )
+
+    def build(self, expander, state, root, params, key, policy_state=()):
         topo = self.topology
         batch, nodes = root.shape[0], topo.num_nodes
         broadcast = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.int32), (batch, nodes))
@@ -185,8 +158,12 @@ class StaticShapePolicy(Policy):
         topo = self.topology
         max_children = max(len(topo.children(int(u))) for u in frontier)
         # Ranked candidates: best draft logits first; a -inf logit means "no such candidate".
-        top_vals, top_tok = jax.lax.top_k(logits, max_children)  # [B, F, C]
-        top_ok = top_vals > -jnp.inf
+        # (i.i.d. "sample" trees may be wider than the vocabulary: ranks past V are absent.)
+        ranked = min(max_children, logits.shape[-1])
+        top_vals, top_tok = jax.lax.top_k(logits, ranked)  # [B, F, C']
+        pad = ((0, 0), (0, 0), (0, max_children - ranked))
+        top_ok = jnp.pad(top_vals > -jnp.inf, pad)  # [B, F, C]
+        top_tok = jnp.pad(top_tok, pad)
         kind = self.child_kind
         if kind == ChildKind.WITH_REPLACEMENT:
             draws = sample(

@@ -3,7 +3,8 @@
 import dataclasses
 import functools
 
-from trees.policy import CHILDREN_MODES, StaticShapePolicy, Topology
+from specdec.contract import CHILDREN_MODES
+from trees.policy import StaticShapePolicy, Topology
 
 
 def _check_children(children: str) -> None:
