@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from specdec.config import ModelConfig
@@ -209,23 +209,41 @@ def expand_table(cfg: ModelConfig) -> list[tuple[str, tuple, TensorRule]]:
 
 
 def read_config(path: str | os.PathLike) -> ModelConfig:
-    """ModelConfig from `<path>/config.json`, with a clear error when it is absent or unusable."""
+    """ModelConfig from `<path>/config.json`, with a clear error when it is absent or unusable.
+
+    Errors about the file's contents are ValueErrors that start with the file's path.
+    """
     directory = Path(path)
+    if directory.is_file():
+        raise NotADirectoryError(
+            f"{str(directory)!r} is a file; a checkpoint is the directory holding config.json "
+            f"and the weights (here perhaps {str(directory.parent)!r})"
+        )
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist")
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in checkpoint directory {str(directory)!r}")
-    with open(config_file) as f:
-        return ModelConfig.from_hf(json.load(f))
+    hf = _read_json(config_file)
+    try:
+        return ModelConfig.from_hf(hf)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{config_file}: {err}") from err
+
+
+def _read_json(file: Path):
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} is not valid JSON: {err}") from err
 
 
 def _weight_files(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map")
-        if not weight_map:
+        contents = _read_json(index)
+        weight_map = contents.get("weight_map") if isinstance(contents, dict) else None
+        if not weight_map or not isinstance(weight_map, dict):
             raise ValueError(f"{index} has no 'weight_map'")
         files = sorted({directory / name for name in weight_map.values()})
         missing = [str(f.name) for f in files if not f.is_file()]
@@ -246,12 +264,21 @@ def _weight_files(directory: Path) -> list[Path]:
 
 
 def read_tensors(directory: Path) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint as numpy arrays (bf16 arrives as ml_dtypes.bfloat16)."""
+    """All tensors of a checkpoint as numpy arrays (bf16 arrives as ml_dtypes.bfloat16).
+
+    A truncated or corrupt file raises ValueError naming it (safetensors checks the header and
+    that the data covers every tensor it lists).
+    """
     tensors: dict[str, np.ndarray] = {}
     for file in _weight_files(directory):
-        with safe_open(str(file), framework="np") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                tensors[name] = f.get_tensor(name)
+        try:
+            with safe_open(str(file), framework="np") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    tensors[name] = f.get_tensor(name)
+        except SafetensorError as err:
+            raise ValueError(
+                f"{file} is not a readable safetensors file (truncated or corrupt?): {err}"
+            ) from err
     return tensors
 
 

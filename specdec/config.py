@@ -4,6 +4,7 @@ HF field names appear only in `ModelConfig.from_hf` and `ModelConfig.to_hf`.
 """
 
 import dataclasses
+import numbers
 from typing import Any
 
 SUPPORTED_ARCHITECTURES = (
@@ -68,9 +69,12 @@ class ModelConfig:
             "num_heads",
             "num_kv_heads",
             "head_dim",
+            "max_position_embeddings",
         ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"config {name}={getattr(self, name)} must be positive")
+            if not _is_positive_int(value := getattr(self, name)):
+                raise ValueError(f"config {name}={value!r} must be a positive integer")
+        if self.sliding_window is not None and not _is_positive_int(self.sliding_window):
+            raise ValueError(f"config sliding_window={self.sliding_window!r} must be None or > 0")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
@@ -99,7 +103,13 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
-        """Map an HF `config.json` dict (transformers v4 or v5 layout) to a ModelConfig."""
+        """Map an HF `config.json` dict (transformers v4 or v5 layout) to a ModelConfig.
+
+        Malformed values (a string where a size belongs, zero heads, ...) raise ValueError naming
+        the field, never a TypeError or ZeroDivisionError from the arithmetic below.
+        """
+        if not isinstance(hf, dict):
+            raise ValueError(f"config.json must hold a JSON object, got {type(hf).__name__}")
         archs = hf.get("architectures") or []
         if len(archs) != 1:
             raise ValueError(f"config.json must name exactly one architecture, got {archs!r}")
@@ -119,10 +129,17 @@ class ModelConfig:
         missing = [k for k in required if k not in hf]
         if missing:
             raise ValueError(f"config.json is missing required fields {missing}")
+        optional = ("num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window")
+        for key in (*required, *optional):
+            if hf.get(key) is not None and not _is_positive_int(hf[key]):
+                raise ValueError(f"config.json field {key}={hf[key]!r} must be a positive integer")
+        eos = hf.get("eos_token_id")
+        eos_list = eos if isinstance(eos, list) else [] if eos is None else [eos]
+        if not all(_is_int(e, minimum=0) for e in eos_list):
+            raise ValueError(f"config.json field eos_token_id={eos!r} must be token ids")
         num_heads = hf["num_attention_heads"]
         head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
-        eos = hf.get("eos_token_id")
-        eos_ids = () if eos is None else tuple(eos) if isinstance(eos, list) else (int(eos),)
+        eos_ids = tuple(eos_list)
         window = hf.get("sliding_window")
         if arch == "Qwen2ForCausalLM" and not hf.get("use_sliding_window", False):
             window = None
@@ -197,8 +214,20 @@ class ModelConfig:
         }
 
 
+def _is_int(value, minimum: int) -> bool:
+    # bool is an int to Python, but `"hidden_size": true` is a broken config, not a size of 1.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_positive_int(value) -> bool:
+    return _is_int(value, minimum=1)
+
+
 def _rope_from_hf(hf: dict[str, Any]) -> RopeConfig:
     # transformers v5 keeps everything in `rope_parameters`; v4 used `rope_theta` + `rope_scaling`.
+    for key in ("rope_parameters", "rope_scaling"):
+        if not isinstance(hf.get(key) or {}, dict):
+            raise ValueError(f"config.json field {key}={hf[key]!r} must be an object or null")
     params = dict(hf.get("rope_parameters") or {})
     legacy = hf.get("rope_scaling") or {}
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
