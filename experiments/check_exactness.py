@@ -35,6 +35,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--attention", nargs="+", default=["xla", "auto"])
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=["basic", "deep"],
+        choices=["basic", "deep"],
+        help="basic: 4 ragged prompts x 5 drafters; deep: the 32-node depth-8 tree with EOS cuts",
+    )
     args = parser.parse_args()
     dtype = jnp.dtype(args.dtype)
     cfg = ModelConfig(
@@ -54,7 +61,7 @@ def main() -> int:
     plain = specdec.generate(target, prompts, max_new_tokens=48)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {dtype.name}", flush=True)
     failures = 0
-    for attention in args.attention:
+    for attention in args.attention if "basic" in args.cases else ():
         model = target.with_attention(attention)
         for name, drafter, policy in [
             ("plain", None, None),
@@ -79,7 +86,7 @@ def main() -> int:
     free = specdec.generate(target, deep_prompts, max_new_tokens=64)
     eos = int(free.tokens[1, 10])
     deep_plain = specdec.generate(target, deep_prompts, max_new_tokens=64, eos_token_id=eos)
-    for attention in args.attention:
+    for attention in args.attention if "deep" in args.cases else ():
         model = target.with_attention(attention)
         for name, drafter in [("self+DeepTree(32)", DraftModel(target)), ("EarlyExit(2)", None)]:
             drafter = drafter or EarlyExit(2)
