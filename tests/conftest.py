@@ -48,3 +48,21 @@ def tiny_draft():
     from specdec.config import tiny_config
 
     return specdec.Model.random(tiny_config(vocab_size=128), seed=7, attention="xla")
+
+
+@pytest.fixture(scope="session")
+def vocab4_target():
+    """A 4-token-vocabulary target with peaked logits, for the statistical losslessness tests."""
+    import specdec
+    from specdec.config import tiny_config
+
+    cfg = tiny_config(
+        vocab_size=4,
+        hidden_size=16,
+        intermediate_size=32,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        initializer_range=0.8,
+    )
+    return specdec.Model.random(cfg, seed=11, attention="xla")

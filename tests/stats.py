@@ -53,3 +53,25 @@ def chi_square_pvalue(counts: np.ndarray, probs: np.ndarray, min_expected: float
 
 def all_sequences(vocab: int, length: int) -> list[tuple[int, ...]]:
     return list(itertools.product(range(vocab), repeat=length))
+
+
+STAT_PROMPT, STAT_LENGTH, STAT_SAMPLES = [1, 3, 2], 3, 20_000
+
+
+def stat_pvalue(target, drafter, policy, **sampling) -> tuple[float, float]:
+    """(chi-square p-value, tau) of 20 000 speculative samples of 3 tokens against the exact law."""
+    vocab = target.config.vocab_size
+    exact = exact_sequence_probs(
+        target, STAT_PROMPT, STAT_LENGTH, SamplingParams.create(**sampling)
+    )
+    out = specdec.generate(
+        target,
+        [STAT_PROMPT] * STAT_SAMPLES,
+        max_new_tokens=STAT_LENGTH,
+        drafter=drafter,
+        policy=policy,
+        seed=2,
+        **sampling,
+    )
+    counts = np.bincount(sequence_index(out.tokens, vocab), minlength=vocab**STAT_LENGTH)
+    return chi_square_pvalue(counts, exact), out.stats.tau

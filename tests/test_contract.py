@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from feature_drafter import FeatureProjection
+from stats import stat_pvalue
 from stepping import run_steps
 
 import specdec
@@ -245,46 +246,7 @@ def test_region_writes_of_a_layer_range_land_where_the_verify_forward_puts_them(
 
 # ---- and keep the target's distribution at T > 0 -----------------------------------------------
 
-STAT_VOCAB, STAT_LENGTH, STAT_SAMPLES = 4, 3, 20_000
-STAT_PROMPT = [1, 3, 2]
 STAT_TREE = [[0], [1], [2], [0, 0], [1, 0]]
-
-
-@pytest.fixture(scope="module")
-def vocab4_target():
-    from specdec.config import tiny_config
-
-    cfg = tiny_config(
-        vocab_size=STAT_VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=8,
-        initializer_range=0.8,
-    )
-    return specdec.Model.random(cfg, seed=11, attention="xla")
-
-
-def _stat_pvalue(target, drafter, policy, **sampling):
-    from stats import chi_square_pvalue, exact_sequence_probs, sequence_index
-
-    from specdec.sampling import SamplingParams
-
-    exact = exact_sequence_probs(
-        target, STAT_PROMPT, STAT_LENGTH, SamplingParams.create(**sampling)
-    )
-    out = specdec.generate(
-        target,
-        [STAT_PROMPT] * STAT_SAMPLES,
-        max_new_tokens=STAT_LENGTH,
-        drafter=drafter,
-        policy=policy,
-        seed=2,
-        **sampling,
-    )
-    counts = np.bincount(sequence_index(out.tokens, STAT_VOCAB), minlength=STAT_VOCAB**STAT_LENGTH)
-    return chi_square_pvalue(counts, exact), out.stats.tau
 
 
 @pytest.mark.slow
@@ -297,15 +259,15 @@ def _stat_pvalue(target, drafter, policy, **sampling):
     ],
 )
 def test_feature_drafter_keeps_the_target_distribution(vocab4_target, children, sampling):
-    drafter = FeatureProjection.random(16, STAT_VOCAB, seed=5, layers=(0,), scale=0.5)
-    pvalue, tau = _stat_pvalue(vocab4_target, drafter, Static(STAT_TREE, children), **sampling)
+    drafter = FeatureProjection.random(16, 4, seed=5, layers=(0,), scale=0.5)
+    pvalue, tau = stat_pvalue(vocab4_target, drafter, Static(STAT_TREE, children), **sampling)
     assert pvalue > 1e-3, f"p={pvalue:.3g}"
     assert tau > 1.1  # drafts were accepted, so the law was exercised
 
 
 @pytest.mark.slow
 def test_early_exit_keeps_the_target_distribution(vocab4_target):
-    pvalue, tau = _stat_pvalue(
+    pvalue, tau = stat_pvalue(
         vocab4_target, EarlyExit(1), Static(STAT_TREE, "sample"), temperature=1.0, top_p=0.95
     )
     assert pvalue > 1e-3, f"p={pvalue:.3g}"

@@ -6,11 +6,13 @@ The interfaces (`Policy`, `Expander`, `DraftTree`, `ChildKind`) are defined once
 
 from specdec.contract import CHILDREN_MODES, Expander, Policy
 from specdec.tree import ChildKind, DraftTree
+from trees.adaptive import Adaptive
 from trees.policy import StaticShapePolicy, Topology
 from trees.static import Chain, Static
 
 __all__ = [
     "CHILDREN_MODES",
+    "Adaptive",
     "Chain",
     "ChildKind",
     "DraftTree",
