@@ -5,6 +5,7 @@ and re-exported here for convenience.
 """
 
 from drafters.draft_model import DraftModel
+from drafters.eagle import Eagle
 from drafters.early_exit import EarlyExit
 from drafters.ngram import NGram
 from specdec.contract import DraftContext, Drafter, PrefillInputs, StepOutcome, TargetFeatures
@@ -13,6 +14,7 @@ __all__ = [
     "DraftContext",
     "DraftModel",
     "Drafter",
+    "Eagle",
     "EarlyExit",
     "NGram",
     "PrefillInputs",

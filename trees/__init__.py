@@ -7,6 +7,7 @@ The interfaces (`Policy`, `Expander`, `DraftTree`, `ChildKind`) are defined once
 from specdec.contract import CHILDREN_MODES, Expander, Policy
 from specdec.tree import ChildKind, DraftTree
 from trees.adaptive import Adaptive
+from trees.dynamic import Dynamic
 from trees.policy import StaticShapePolicy, Topology
 from trees.static import Chain, Static
 
@@ -16,6 +17,7 @@ __all__ = [
     "Chain",
     "ChildKind",
     "DraftTree",
+    "Dynamic",
     "Expander",
     "Policy",
     "Static",
