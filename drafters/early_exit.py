@@ -57,6 +57,11 @@ class EarlyExit(Drafter):
 
     def check(self, target_config, target_tokenizer, policy):
         super().check(target_config, target_tokenizer, policy)
+        if self.reuse and policy.renumbers_nodes:
+            raise ValueError(
+                f"EarlyExit(reuse=True) keeps its layers' work by tree node index, which "
+                f"{type(policy).__name__} renumbers; use EarlyExit({self.exit_layer}, reuse=False)"
+            )
         if self.exit_layer >= target_config.num_layers:
             raise ValueError(
                 f"exit_layer {self.exit_layer} must be below the target's "

@@ -56,6 +56,7 @@ class TargetFeatures:
 class PrefillInputs:
     """What a drafter sees once, after the target's prefill."""
 
+    target: Net  # the target's weights (its embedding, LM head, layers)
     prompt: jax.Array  # [B, P] int32, right-padded
     prompt_lens: jax.Array  # [B] int32
     first: jax.Array  # [B] int32 the token sampled after the prompt (the first step's root)
@@ -211,6 +212,12 @@ class Policy(abc.ABC):
     @abc.abstractmethod
     def max_depth(self) -> int:
         """Deepest node depth (the root is depth 0)."""
+
+    #: True when node i of the returned tree need not be the node the expander computed at
+    #: index i (a policy that reranks a working tree, like EAGLE-2's Dynamic). Self-drafters keep
+    #: per-node work by index (`VerifyReuse`, K/V in the target's tree region), so they cannot
+    #: hand it to the verify forward under such a policy.
+    renumbers_nodes: bool = False
 
     @property
     def max_leaves(self) -> int:

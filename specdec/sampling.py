@@ -52,7 +52,7 @@ def validate(temperature: float, top_k: int, top_p: float) -> None:
         raise ValueError(f"temperature must be a finite float32 number >= 0, got {temperature!r}")
     # XLA flushes float32 subnormals to zero, so anything below the smallest normal is 0 there.
     tiny = float(np.finfo(np.float32).tiny)
-    if 0 < float(temperature) and temperature_f32 < tiny:
+    if float(temperature) > 0 and temperature_f32 < tiny:
         raise ValueError(f"temperature {temperature!r} is 0 in float32; use 0 for greedy")
     if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 0:
         raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")

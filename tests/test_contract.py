@@ -272,3 +272,21 @@ def test_early_exit_keeps_the_target_distribution(vocab4_target):
     )
     assert pvalue > 1e-3, f"p={pvalue:.3g}"
     assert tau > 1.1
+
+
+def test_self_drafter_reuse_is_refused_under_a_renumbering_policy(llama, plain_eos):
+    from trees import Dynamic
+
+    eos, plain = plain_eos
+    policy = Dynamic(depth=3, top_k=3, total_tokens=8)
+    with pytest.raises(ValueError, match="reuse=False"):
+        specdec.generate(llama, PROMPTS, max_new_tokens=16, drafter=EarlyExit(1), policy=policy)
+    out = specdec.generate(
+        llama,
+        PROMPTS,
+        max_new_tokens=16,
+        eos_token_id=eos,
+        drafter=EarlyExit(1, reuse=False),
+        policy=policy,
+    )
+    np.testing.assert_array_equal(out.tokens, plain.tokens)

@@ -176,6 +176,7 @@ def prefill(
     if drafter is not None:
         with jax.named_scope("draft_prefill"):
             inputs = PrefillInputs(
+                target=target,
                 prompt=prompt,
                 prompt_lens=prompt_lens,
                 first=first,
@@ -219,6 +220,12 @@ def step(
             )
             handoff = drafter.end_step(carried, ctx)
             drafter_state, cache, reuse = handoff.state, handoff.cache, handoff.reuse
+            if reuse is not None and policy.renumbers_nodes:
+                raise ValueError(
+                    f"{type(drafter).__name__} hands its work on the tree to the verify forward, "
+                    f"but {type(policy).__name__} renumbers the nodes it drafted; this pairing "
+                    f"is not supported (for EarlyExit, pass reuse=False)"
+                )
 
     with jax.named_scope("verify_forward"):
         taps = _layers_wanted(drafter)
