@@ -24,6 +24,7 @@ import json
 
 from specdec.config import ModelConfig
 from train.chat import SPECIAL_TOKENS
+from train.layerskip import LayerSkip
 from train.tokenizer import TokenizerConfig
 
 # Ids the chat format gives its special tokens (train.chat): written into config.json so that
@@ -62,6 +63,7 @@ class TrainConfig:
     heldout_records: int | None = None  # cap on held-out conversations (None: all)
     distill_weight: float = 0.0  # loss = (1 - w) * CE + w * KL(teacher || student), with a teacher
     distill_temperature: float = 1.0  # both distributions softened by T; KL scaled by T^2
+    layerskip: LayerSkip | None = None  # early-exit training (train.layerskip); None: plain CE
 
     def __post_init__(self):
         if self.batch_size < 1 or self.seq_len < 1 or self.steps < 1:
@@ -74,6 +76,10 @@ class TrainConfig:
             raise ValueError(f"{self.distill_temperature=} must be positive")
         if self.compute_dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"{self.compute_dtype=} must be 'auto', 'float32' or 'bfloat16'")
+        if self.layerskip is not None:
+            self.layerskip.check(self.model.num_layers)
+            if self.distill_weight > 0:
+                raise ValueError(f"layerskip cannot be combined with {self.distill_weight=} > 0")
         if self.model.vocab_size != self.tokenizer.vocab_size:
             raise ValueError(
                 f"model vocab_size={self.model.vocab_size} differs from the tokenizer's "
@@ -90,9 +96,17 @@ class TrainConfig:
             changes["model"] = dataclasses.replace(self.model, **changes["model"])
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict:
+        """Every field as plain data; `layerskip` only when set, so configs without it keep the
+        fingerprints (checkpoints, cached reference pairs) they had before it existed."""
+        fields = dataclasses.asdict(self)
+        if self.layerskip is None:
+            del fields["layerskip"]
+        return fields
+
     def fingerprint(self) -> str:
         """A short hash of every field: two configs with the same fingerprint train the same."""
-        return _digest(dataclasses.asdict(self))
+        return _digest(self.to_dict())
 
 
 def _digest(value) -> str:

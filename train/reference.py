@@ -9,7 +9,6 @@ place, a file lock serialises concurrent first uses, and an interrupted first us
 orbax checkpoints: calling this twice, or from two processes at once, is safe.
 """
 
-import dataclasses
 import fcntl
 import os
 import shutil
@@ -56,8 +55,8 @@ def build_pair(
     root = Path(root or DEFAULT_ROOT)
     key = _digest(
         {
-            "target": dataclasses.asdict(target_cfg),
-            "draft": dataclasses.asdict(draft_cfg),
+            "target": target_cfg.to_dict(),
+            "draft": draft_cfg.to_dict(),
             "source": str(source),
         }
     )

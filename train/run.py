@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from specdec.checkpoint import read_config
 from train.configs import CONFIGS, TrainConfig, _digest, get_config
 from train.data import Source
 from train.export import export
@@ -62,9 +63,14 @@ def train_and_export(
     progress: bool = True,
     source: Source = None,
     cache_dir: str | os.PathLike | None = None,
+    init_from: str | os.PathLike | None = None,
+    eval_exits: bool | None = None,
 ) -> TrainResult:
     """Train `cfg` (distilling from `teacher_dir` if given and cfg.distill_weight > 0), export
-    the HF checkpoint to `out_dir` and return the result (also written to out_dir/training.json)."""
+    the HF checkpoint to `out_dir` and return the result (also written to out_dir/training.json).
+
+    init_from: an HF checkpoint directory to continue training from (see `Trainer`).
+    eval_exits: report held-out perplexity at every exit layer (default: with cfg.layerskip)."""
     teacher = None
     if teacher_dir is not None and cfg.distill_weight > 0:
         import specdec
@@ -75,6 +81,8 @@ def train_and_export(
         f"{cfg.name}: {cfg.model.num_params() / 1e6:.2f}M params; {len(data.train) / 1e6:.2f}M "
         f"train / {len(data.heldout) / 1e6:.3f}M held-out tokens"
         + (f"; distilling from {teacher_dir} (weight {cfg.distill_weight})" if teacher else "")
+        + (f"; continuing from {init_from}" if init_from else "")
+        + (f"; {cfg.layerskip}" if cfg.layerskip else "")
     )
     trainer = Trainer(
         cfg,
@@ -84,12 +92,15 @@ def train_and_export(
         teacher=teacher,
         peak_flops=peak_flops,
         progress=progress,
+        init_from=init_from,
+        eval_exits=eval_exits,
     )
     result = trainer.fit(time_budget_s=time_budget_s)
     info = {
         "result": dataclasses.asdict(result),
         "config": dataclasses.asdict(cfg),
         "teacher": str(teacher_dir) if teacher else None,
+        "init_from": str(init_from) if init_from else None,
     }
     export(trainer.module(), out_dir, tokenizer_dir, dtype=export_dtype, info=info)
     print(result.summary())
@@ -122,6 +133,17 @@ def parser(description: str, default_config: str) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="token-stream cache (default: artifacts/cache/tokens)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", help="also write the TrainResult here")
+    p.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="continue training an HF checkpoint directory (its model config and, unless "
+        "--tokenizer is given, its tokenizer replace the config's)",
+    )
+    p.add_argument(
+        "--eval-exits",
+        action="store_true",
+        help="report held-out perplexity at every exit layer (always on with --layerskip)",
+    )
     return p
 
 
@@ -141,6 +163,11 @@ def config_from_args(args: argparse.Namespace, **extra) -> TrainConfig:
         if value is not None
     }
     cfg = get_config(args.config)
+    if args.init_from:
+        # The checkpoint decides the architecture (and so the vocabulary: its tokenizer's).
+        model = read_config(args.init_from)
+        overrides["model"] = model
+        overrides["tokenizer"] = dataclasses.replace(cfg.tokenizer, vocab_size=model.vocab_size)
     if "steps" in overrides and "warmup_steps" not in overrides:
         overrides["warmup_steps"] = min(cfg.warmup_steps, max(0, overrides["steps"] // 10))
     return cfg.replace(**overrides)
@@ -171,4 +198,6 @@ def _train_from_args(args, cfg, tokenizer_dir, teacher_dir, workdir) -> TrainRes
         progress=not args.no_progress,
         source=args.data,
         cache_dir=args.cache_dir,
+        init_from=args.init_from,
+        eval_exits=True if args.eval_exits else None,
     )

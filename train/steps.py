@@ -18,6 +18,7 @@ from flax import nnx
 
 from specdec.model import Transformer
 from train.configs import TrainConfig
+from train.layerskip import exit_nll, layerskip_loss
 
 Params = dict[str, Any]  # nested dict of arrays, nnx.to_pure_dict(nnx.state(module)) layout
 
@@ -127,12 +128,25 @@ class Teacher:
 def make_train_step(
     model: ModelDef, cfg: TrainConfig, teacher: Teacher | None = None
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """(state, tokens int32 [B, L+1], lr f32 [], teacher_params) -> (new state, metrics)."""
+    """(state, tokens int32 [B, L+1], lr f32 [], teacher_params, total_steps int32 []) ->
+    (new state, metrics).
+
+    total_steps (the schedule's length; default cfg.steps) only matters with cfg.layerskip, whose
+    curricula depend on the progress through training. Its layer dropout draws from a key derived
+    from cfg.seed and the step, so a resumed run draws exactly what an uninterrupted one did.
+    """
     tx = optimizer(cfg)
     weight = cfg.distill_weight if teacher is not None else 0.0
+    recipe = cfg.layerskip
 
-    def loss_fn(params, tokens, teacher_params):
+    def loss_fn(params, tokens, teacher_params, step, total_steps):
         inputs, targets = tokens[:, :-1], tokens[:, 1:]  # [B, L] each
+        if recipe is not None:  # TrainConfig forbids distillation with it
+            key = jax.random.fold_in(jax.random.key(cfg.seed), step)
+            loss, metrics = layerskip_loss(
+                model.module(params), inputs, targets, recipe, key, step, total_steps
+            )
+            return loss, {"loss": loss, "kl": jnp.zeros((), jnp.float32), **metrics}
         logits = model.logits(params, inputs)  # [B, L, V]
         ce = token_nll(logits, targets).mean()
         kl = jnp.zeros((), jnp.float32)
@@ -142,8 +156,11 @@ def make_train_step(
         loss = (1.0 - weight) * ce + weight * kl
         return loss, {"loss": loss, "ce": ce, "kl": kl}
 
-    def train_step(state: TrainState, tokens, lr, teacher_params=None):
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, tokens, teacher_params)
+    def train_step(state: TrainState, tokens, lr, teacher_params=None, total_steps=None):
+        total_steps = cfg.steps if total_steps is None else total_steps
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(
+            state.params, tokens, teacher_params, state.step, total_steps
+        )
         updates, opt = tx.update(grads, state.opt, state.params)
         params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
@@ -153,13 +170,23 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(model: ModelDef) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """(params, tokens int32 [B, L+1], weights f32 [B]) -> (summed NLL, scored tokens)."""
+def make_eval_step(
+    model: ModelDef, exits: tuple[int, ...] | None = None
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """(params, tokens int32 [B, L+1], weights f32 [B]) -> (summed NLL, scored tokens).
+
+    With `exits` (ascending E in [1, num_layers]), the summed NLL is f32 [X], one per exit: the
+    residual stream after layers [0, E) through the final norm + LM head (E = num_layers is the
+    full model). Otherwise it is the full model's, f32 [].
+    """
 
     def eval_step(params, tokens, weights):
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        count = jnp.sum(weights) * targets.shape[1]
+        if exits is not None:
+            return exit_nll(model.module(params), inputs, targets, weights, exits), count
         nll = token_nll(model.logits(params, inputs), targets)  # [B, L]
-        return jnp.sum(nll * weights[:, None]), jnp.sum(weights) * targets.shape[1]
+        return jnp.sum(nll * weights[:, None]), count
 
     return eval_step
 

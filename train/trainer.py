@@ -18,10 +18,17 @@ Time budget: after `PROBE_STEPS` timed steps (and one held-out evaluation, to ti
 cosine schedule's length is fixed so the run ends inside the budget; that length is saved with
 each checkpoint, and a hard deadline stops the loop cleanly if the estimate was optimistic.
 
+Early-exit training (cfg.layerskip, train.layerskip): the step's layer-dropout key is derived
+from the seed and the step, so resume stays exact; the held-out loss is then reported at every
+exit layer and for the full model (`TrainResult.exit_heldout_loss` / `exit_heldout_ppl`), which
+`eval_exits=True` also gives a model trained without the recipe, for comparison. `init_from`
+starts from an HF checkpoint directory's weights instead of the random init (continued training).
+
 MFU = model FLOPs per token * tokens/s / peak, with model FLOPs per token = 6 * N (N: parameters
 that take part in matmuls; attention's own T^2 work is not counted), plus 2 * N_teacher when a
-teacher runs forward for distillation. The peak is `peak_flops` if given, else looked up by
-device kind (dense bf16 tensor-core peak per device, times the device count); CPU has none.
+teacher runs forward for distillation (the early exits' extra LM-head matmuls are not counted).
+The peak is `peak_flops` if given, else looked up by device kind (dense bf16 tensor-core peak per
+device, times the device count); CPU has none.
 """
 
 import dataclasses
@@ -138,9 +145,14 @@ class TrainResult:
     wall_seconds: float  # this fit call
     stopped_early: bool  # the time budget's hard deadline stopped the run before total_steps
     history: tuple[tuple[int, float], ...]  # (step, mean training loss of the window before it)
+    # Held-out loss / perplexity at exit E = 1..L (layers [0, E) + final norm + LM head; the last
+    # is the full model): filled when the trainer evaluates every exit (see Trainer), else empty.
+    exit_heldout_loss: tuple[float, ...] = ()
+    exit_heldout_ppl: tuple[float, ...] = ()
 
     def summary(self) -> str:
         mfu = f"{self.mfu:.1%}" if self.mfu is not None else "n/a"
+        exits = f"; held-out ppl by exit {format_exits(self.exit_heldout_ppl)}"
         return (
             f"{self.config}: {self.steps}/{self.total_steps} steps, "
             f"{self.tokens / 1e6:.1f}M tokens ({self.epochs:.2f} epochs); train loss "
@@ -149,7 +161,14 @@ class TrainResult:
             f"{self.tokens_per_second:,.0f} tokens/s; MFU {mfu} of {self.peak_source}; "
             f"params {self.params / 1e6:.2f}M ({self.matmul_params / 1e6:.2f}M in matmuls); "
             f"{self.devices} device(s), {self.compute_dtype}; wall {self.wall_seconds:.0f}s"
+            + (exits if self.exit_heldout_ppl else "")
         )
+
+
+def format_exits(ppl: tuple[float, ...]) -> str:
+    """'1: 812.3, 2: 401.0, ..., 4 (full): 95.2' for perplexities at exits 1..L."""
+    last = len(ppl)
+    return ", ".join(f"{e}{' (full)' if e == last else ''}: {p:.1f}" for e, p in enumerate(ppl, 1))
 
 
 class Trainer:
@@ -166,10 +185,16 @@ class Trainer:
         peak_flops: float | None = None,
         progress: bool = True,
         devices=None,
+        init_from: str | os.PathLike | None = None,
+        eval_exits: bool | None = None,
     ):
         """workdir: where orbax checkpoints go (None: no checkpoints). resume: continue from the
         last checkpoint in workdir, if any. teacher: a `specdec.Model` to distill from (used when
-        cfg.distill_weight > 0). peak_flops: total peak FLOP/s for MFU (default: by device kind)."""
+        cfg.distill_weight > 0). peak_flops: total peak FLOP/s for MFU (default: by device kind).
+        init_from: an HF checkpoint directory whose weights start the run (continued training;
+        its config must equal cfg.model) instead of the seeded random init. eval_exits: evaluate
+        the held-out loss at every exit layer too (default: when cfg.layerskip is set; a model
+        trained without the recipe turns it on to show what early exits cost without it)."""
         self.cfg, self.data, self.progress = cfg, data, progress
         self.devices = list(devices or jax.devices())
         if cfg.batch_size % len(self.devices):
@@ -183,14 +208,19 @@ class Trainer:
         self.batches = Batches(data.train, cfg.batch_size, cfg.seq_len, cfg.seed)
         self.unigram = unigram_entropy(data.train, cfg.model.vocab_size)
 
-        module = Transformer(
-            cfg.model,
-            rngs=nnx.Rngs(cfg.seed),
-            param_dtype=jnp.float32,
-            dtype=self.dtype,
-            attention="xla",
-            remat=cfg.remat,
-        )
+        self.init_from = None if init_from is None else str(init_from)
+        if init_from is None:
+            module = Transformer(
+                cfg.model,
+                rngs=nnx.Rngs(cfg.seed),
+                param_dtype=jnp.float32,
+                dtype=self.dtype,
+                attention="xla",
+                remat=cfg.remat,
+            )
+        else:
+            module = _load_initial(init_from, cfg)
+            module.dtype, module.remat = self.dtype, cfg.remat
         self.model, params = ModelDef.split(module)
         self.state = jax.device_put(init_state(params, cfg), self.replicated)
 
@@ -216,8 +246,10 @@ class Trainer:
             self.peak_flops, self.peak_source = device_peak_flops(self.devices)
 
         self._train_step = None  # compiled at the start of `fit` (see `_compile`)
+        self.eval_exits = cfg.layerskip is not None if eval_exits is None else eval_exits
+        exits = tuple(range(1, cfg.model.num_layers + 1)) if self.eval_exits else None
         self._eval_step = jax.jit(
-            make_eval_step(self.model),
+            make_eval_step(self.model, exits),
             in_shardings=(self.replicated, self.by_row, self.by_row),
             out_shardings=self.replicated,
         )
@@ -241,7 +273,8 @@ class Trainer:
         return jax.jit(
             make_train_step(self.model, self.cfg, self.teacher),
             donate_argnums=(0,),
-            in_shardings=(self.replicated, self.by_row, self.replicated, self.replicated),
+            # (state, tokens, lr, teacher_params, total_steps)
+            in_shardings=(self.replicated, self.by_row) + (self.replicated,) * 3,
             out_shardings=(self.replicated, self.replicated),
         )
 
@@ -253,7 +286,7 @@ class Trainer:
         batch = jax.ShapeDtypeStruct(
             (self.cfg.batch_size, self.cfg.seq_len + 1), jnp.int32, sharding=self.by_row
         )
-        args = (self.state, batch, np.float32(0.0), self.teacher_params)
+        args = (self.state, batch, np.float32(0.0), self.teacher_params, np.int32(0))
         compiled = self._jit_train_step().lower(*args).compile()
         need, limit = _memory_need(compiled), _memory_limit(self.devices[0])
         if need and limit and need > MEMORY_FRACTION * limit and not self.cfg.remat:
@@ -281,6 +314,7 @@ class Trainer:
             "data_step": step,  # the next batch is Batches(step): the data position is the step
             "train_tokens": len(self.data.train),
             "total_steps": self.total_steps,
+            "init_from": self.init_from,
         }
 
     def _restore(self, step: int) -> None:
@@ -307,6 +341,12 @@ class Trainer:
 
     def evaluate(self) -> tuple[float, float]:
         """(held-out loss in nats per token, perplexity) over up to cfg.eval_tokens targets."""
+        loss = float(self.evaluate_exits()[-1])
+        return loss, _perplexity(loss)
+
+    def evaluate_exits(self) -> np.ndarray:
+        """Held-out loss (nats per token) at exits 1..L, f64 [L], the last being the full model's
+        (just [1], the full model, unless `eval_exits`)."""
         total, count = jnp.zeros(()), jnp.zeros(())
         for tokens, weights in eval_batches(
             self.data.heldout, self.cfg.batch_size, self.cfg.seq_len, self.cfg.eval_tokens
@@ -315,8 +355,7 @@ class Trainer:
             weights = jax.device_put(weights, self.by_row)
             nll, n = self._eval_step(self.state.params, tokens, weights)
             total, count = total + nll, count + n
-        loss = float(total / count)
-        return loss, math.exp(min(loss, 80.0))
+        return np.atleast_1d(np.asarray(total / count, np.float64))
 
     def module(self, dtype=None) -> Transformer:
         """The model with the current weights (float32 master copy; compute in `dtype`)."""
@@ -367,7 +406,9 @@ class Trainer:
                 break
             tokens = jax.device_put(self.batches(step), self.by_row)
             lr = np.float32(learning_rate(step, total(), cfg))
-            self.state, metrics = self._train_step(self.state, tokens, lr, self.teacher_params)
+            self.state, metrics = self._train_step(
+                self.state, tokens, lr, self.teacher_params, np.int32(total())
+            )
             pending.append(metrics)
             step += 1
             bar.update(1)
@@ -412,9 +453,14 @@ class Trainer:
                     print(f"step {step}/{total()} {fields} ({now - start_time:.0f}s)", flush=True)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total():
                 eval_start = time.perf_counter()
-                loss, ppl = self.evaluate()
+                losses = self.evaluate_exits()
                 paused += time.perf_counter() - eval_start
-                bar.write(f"step {step}: held-out loss {loss:.4f} (ppl {ppl:.2f})")
+                loss, ppl = float(losses[-1]), _perplexity(float(losses[-1]))
+                exits = tuple(_perplexity(float(x)) for x in losses) if self.eval_exits else ()
+                bar.write(
+                    f"step {step}: held-out loss {loss:.4f} (ppl {ppl:.2f})"
+                    + (f"; ppl by exit {format_exits(exits)}" if exits else "")
+                )
             if cfg.save_every and step % cfg.save_every == 0 and step < total():
                 save_start = time.perf_counter()
                 self.save()
@@ -479,7 +525,9 @@ class Trainer:
         evaluate,
     ) -> TrainResult:
         cfg, step = self.cfg, int(self.state.step)
-        loss, ppl = self.evaluate() if evaluate else (float("nan"), float("nan"))
+        losses = self.evaluate_exits() if evaluate else np.full(1, np.nan)
+        loss, ppl = float(losses[-1]), _perplexity(float(losses[-1]))
+        exit_losses = tuple(float(x) for x in losses) if self.eval_exits and evaluate else ()
         rate = tokens / seconds if seconds > 0 else 0.0
         mfu = self.flops_per_token * rate / self.peak_flops if self.peak_flops and rate else None
         return TrainResult(
@@ -505,7 +553,32 @@ class Trainer:
             wall_seconds=time.perf_counter() - start_time,
             stopped_early=stopped_early,
             history=tuple(history),
+            exit_heldout_loss=exit_losses,
+            exit_heldout_ppl=tuple(_perplexity(x) for x in exit_losses),
         )
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(min(loss, 80.0))  # nan stays nan
+
+
+def _load_initial(directory: str | os.PathLike, cfg: TrainConfig) -> Transformer:
+    """The float32 module of an HF checkpoint directory, checked against cfg.model."""
+    from specdec.checkpoint import load_transformer
+
+    module = load_transformer(directory, dtype=jnp.float32, attention="xla")
+    if module.config != cfg.model:
+        diff = {
+            f.name: (getattr(module.config, f.name), getattr(cfg.model, f.name))
+            for f in dataclasses.fields(cfg.model)
+            if getattr(module.config, f.name) != getattr(cfg.model, f.name)
+        }
+        raise ValueError(
+            f"{directory} holds a model whose config differs from {cfg.name!r}'s "
+            f"(field: (checkpoint, config)): {diff}; train with the checkpoint's config "
+            f"(train.run.config_from_args does so for --init-from)"
+        )
+    return module
 
 
 def _memory_need(compiled) -> int | None:
