@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import specdec
-from drafters import DraftModel, NGram
+from drafters import DraftModel, EarlyExit, NGram
 from specdec.config import llama3_8b_config, tiny_config
 from trees import Chain, Static
 
@@ -103,6 +103,13 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--max-new", type=int, default=256)
     parser.add_argument("--spec", action="store_true", help="also run drafter x policy rows")
+    parser.add_argument(
+        "--early-exit",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run EarlyExit(E) + Chain(4) rows, with and without verify reuse, per E",
+    )
     parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
 
@@ -122,6 +129,10 @@ def main() -> None:
             ("DraftModel", DraftModel(draft), Static(STATIC_TREE)),
             ("NGram(3)", NGram(3), Chain(4)),
         ]
+    for exit_layer in args.early_exit:
+        for reuse in (True, False):
+            name = f"EarlyExit({exit_layer}, reuse={reuse})"
+            spec_runs.append((name, EarlyExit(exit_layer, reuse=reuse), Chain(4)))
     rng = np.random.default_rng(0)
     rows = []
     for batch in args.batch:
