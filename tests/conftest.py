@@ -28,6 +28,27 @@ HF_FIXTURES = (
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    """Free compiled executables after each test module.
+
+    Each XLA:CPU executable holds hundreds of memory mappings (about 800 for one decode loop
+    here), and a pytest worker that keeps every executable of ~170 tests passes Linux's default
+    vm.max_map_count (65530): the next compile then segfaults inside XLA. Clearing per module
+    keeps a worker far below it.
+    """
+    yield
+    import gc
+
+    import jax
+
+    from specdec.engine.generate import clear_compiled_loops
+
+    clear_compiled_loops()
+    jax.clear_caches()
+    gc.collect()
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES

@@ -112,6 +112,11 @@ def compile_count() -> int:
     return _LOOPS.compiles
 
 
+def clear_compiled_loops() -> None:
+    """Drop every kept compiled loop (their executables and memory mappings are freed)."""
+    _LOOPS._loops.clear()
+
+
 def compiled_cache_size(maxsize: int | None = None) -> int:
     """The number of compiled loops kept (LRU); with `maxsize`, set it first (>= 1)."""
     if maxsize is not None:
