@@ -9,18 +9,36 @@ from specdec.tree import ChildKind, DraftTree
 from trees.adaptive import Adaptive
 from trees.dynamic import Dynamic
 from trees.policy import StaticShapePolicy, Topology
+from trees.sequoia import (
+    BudgetChoice,
+    Sequoia,
+    choose_budget,
+    measure_acceptance,
+    measure_step_times,
+    optimal_tree,
+)
+from trees.specexec import SpecExec
 from trees.static import Chain, Static
+from trees.stochastic_beam import StochasticBeam
 
 __all__ = [
     "CHILDREN_MODES",
     "Adaptive",
+    "BudgetChoice",
     "Chain",
     "ChildKind",
     "DraftTree",
     "Dynamic",
     "Expander",
     "Policy",
+    "Sequoia",
+    "SpecExec",
     "Static",
     "StaticShapePolicy",
+    "StochasticBeam",
     "Topology",
+    "choose_budget",
+    "measure_acceptance",
+    "measure_step_times",
+    "optimal_tree",
 ]

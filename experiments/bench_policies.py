@@ -1,0 +1,177 @@
+"""Tree policies at fixed target budgets (issue 13): tau, verify time, tokens/s and speedup.
+
+    PYTHONPATH=. python experiments/bench_policies.py                        # tiny pair, CPU
+    PYTHONPATH=. python experiments/bench_policies.py --target DIR --draft DIR2 \
+        --budgets 8 16 32 64 128 --specexec 256 512 1024                     # GPU
+
+The budget is the verify forward's width (tree nodes, root included); every policy is built to it
+or to the largest tree of its shape family that fits (the `nodes` column says which):
+
+    Chain        budget - 1 drafts in a row (only while that is <= --max-depth), sampled at T > 0
+    Static       the best "w chains from the root" tree (w = 1, 2, 4, 8), ranked children
+    Dynamic      EAGLE-2 (depth --max-depth, top_k 4 or 8, total_tokens = budget)
+    Sequoia      the DP's tree for the acceptance measured at that temperature (depth <= max;
+                 ranked children at T = 0, drawn without replacement otherwise)
+    RSD-C        the best "w chains" tree with children drawn without replacement
+    RSD-S        StochasticBeam(w, d), 1 + w d <= budget, the best w in (1, 2, 4, 8)
+    SpecExec     best-first, max_beams = min(32, budget / 4), max_branch_width 8
+
+"best" = highest tau at that temperature. Verify time per budget is a step with a free drafter
+(zero logits, no forward) on a tree of that size, so it is the target forward plus the step's
+fixed work. tokens/s are new tokens over wall time (compilation excluded, one warm-up run first);
+speedup is against plain decoding at the same temperature.
+"""
+
+import argparse
+import json
+import os
+
+import specdec
+from drafters import DraftModel
+from trees import Chain, Dynamic, Sequoia, SpecExec, Static, StochasticBeam, measure_acceptance
+from trees.sequoia import measure_step_times
+
+WIDTHS = (1, 2, 4, 8)
+
+
+def chains(budget: int, width: int, children: str, max_depth: int):
+    """`width` chains from the root sharing budget - 1 nodes (None if deeper than max_depth)."""
+    lengths = [(budget - 1) // width + (i < (budget - 1) % width) for i in range(width)]
+    if min(lengths) < 1 or max(lengths) > max_depth:
+        return None
+    return Static([[i] + [0] * d for i in range(width) for d in range(lengths[i])], children)
+
+
+def candidates(name: str, budget: int, args, acceptance, children: str) -> list:
+    depth = args.max_depth
+    if name == "Chain":
+        mode = "top" if children == "top" else "sample"  # sampled: Leviathan / Chen
+        return [Chain(budget - 1, mode)] if budget - 1 <= depth else []
+    if name in ("Static", "RSD-C"):
+        children = "top" if name == "Static" else "sample_without_replacement"
+        return [p for w in WIDTHS if (p := chains(budget, w, children, depth)) is not None]
+    if name == "Dynamic":
+        for k in (4, 8, 16):
+            if budget <= 1 + k + (depth - 1) * k * k:
+                return [Dynamic(depth=depth, top_k=k, total_tokens=budget)]
+        return []
+    if name == "Sequoia":
+        return [Sequoia(budget, acceptance, children, depth=depth)]
+    if name == "RSD-S":
+        return [StochasticBeam(w, min(depth, (budget - 1) // w)) for w in WIDTHS if budget - 1 >= w]
+    if name == "SpecExec":
+        return [SpecExec(budget, max_beams=min(32, max(1, budget // 4)), max_branch_width=8)]
+    raise ValueError(name)
+
+
+def run(target, prompts, max_new, eos, **kwargs) -> specdec.GenerateOutput:
+    specdec.generate(target, prompts, max_new_tokens=max_new, eos_token_id=eos, seed=0, **kwargs)
+    return specdec.generate(
+        target, prompts, max_new_tokens=max_new, eos_token_id=eos, seed=1, **kwargs
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--target", default=None, help="checkpoint dir (default: tiny pair)")
+    parser.add_argument("--draft", default=None)
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--attention", default="xla")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--specexec", type=int, nargs="*", default=[], help="extra budgets")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
+    parser.add_argument("--max-depth", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--max-new", type=int, default=64)
+    parser.add_argument("--out", default=os.environ.get("OUT"))
+    args = parser.parse_args()
+
+    from experiments.demo import pick_prompts  # the demo's held-out chat + HumanEval prompts
+    from train.reference import reference_pair
+
+    target_dir, draft_dir = (
+        (args.target, args.draft) if args.target else reference_pair("tiny", progress=True)
+    )
+    load = lambda d: specdec.load(d, dtype=args.dtype, attention=args.attention)
+    target, draft = load(target_dir), load(draft_dir)
+    _, prompts = pick_prompts(target.tokenizer, n_chat=max(1, args.prompts - 1))
+    eos = target.tokenizer.eos_token_ids
+    drafter = DraftModel(draft)
+
+    rows = []
+    for temperature in args.temperatures:
+        sampling = dict(temperature=temperature)
+        plain = run(target, prompts, args.max_new, eos, **sampling)
+        children = "top" if temperature == 0 else "sample_without_replacement"
+        acceptance = measure_acceptance(
+            target,
+            drafter,
+            prompts,
+            width=8,
+            children=children,
+            max_new_tokens=args.max_new,
+            **sampling,
+        )
+        print(f"T={temperature}: plain {plain.stats.summary()}; acceptance {acceptance}")
+        for budget in sorted({*args.budgets, *args.specexec}):
+            names = ["SpecExec"]
+            if budget in args.budgets:
+                names = ["Chain", "Static", "Dynamic", "Sequoia", "RSD-C", "RSD-S", "SpecExec"]
+            _, verify = measure_step_times(
+                target, drafter, prompts, [budget], acceptance, max_new_tokens=16, repeats=1
+            )[budget]
+            for name in names:
+                if temperature == 0 and name in ("RSD-C", "RSD-S"):
+                    continue  # ranked at temperature 0: the same trees as Static / beam search
+                best = None
+                for policy in candidates(name, budget, args, acceptance, children):
+                    out = run(
+                        target,
+                        prompts,
+                        args.max_new,
+                        eos,
+                        drafter=drafter,
+                        policy=policy,
+                        **sampling,
+                    )
+                    if best is None or out.stats.tau > best[1].stats.tau:
+                        best = (policy, out)
+                if best is None:
+                    continue
+                policy, out = best
+                row = dict(
+                    temperature=temperature,
+                    budget=budget,
+                    policy=name,
+                    nodes=policy.max_nodes,
+                    config=repr(policy)[:80],
+                    tau=out.stats.tau,
+                    verify_ms=verify * 1e3,
+                    tokens_per_s=out.stats.tokens_per_second,
+                    speedup=out.stats.tokens_per_second / plain.stats.tokens_per_second,
+                )
+                rows.append(row)
+                print(
+                    f"  T={temperature} budget {budget:5d} {name:9s} nodes {row['nodes']:5d} "
+                    f"tau {row['tau']:.2f} verify {row['verify_ms']:.2f} ms "
+                    f"{row['tokens_per_s']:.1f} tok/s {row['speedup']:.2f}x",
+                    flush=True,
+                )
+    table = [
+        "| T | budget | policy | nodes | tau | verify ms | tok/s | speedup |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ] + [
+        f"| {r['temperature']} | {r['budget']} | {r['policy']} | {r['nodes']} | {r['tau']:.2f} | "
+        f"{r['verify_ms']:.2f} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x |"
+        for r in rows
+    ]
+    print("\n".join(table))
+    if args.out:
+        with open(os.path.join(args.out, "bench_policies.md"), "w") as f:
+            f.write("\n".join(table) + "\n")
+        with open(os.path.join(args.out, "bench_policies.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
