@@ -29,7 +29,7 @@ import os
 import specdec
 from drafters import DraftModel
 from trees import Chain, Dynamic, Sequoia, SpecExec, Static, StochasticBeam, measure_acceptance
-from trees.sequoia import measure_step_times
+from trees.measure import measure_step_times
 
 WIDTHS = (1, 2, 4, 8)
 

@@ -50,8 +50,13 @@ def test_core_modules_import_no_drafter_policy_or_engine():
 
 
 def test_implementations_import_the_core_not_the_engine():
+    # trees/measure.py runs the decode loop to measure acceptance and timings: a tool above the
+    # engine, not a policy. Every other drafter and policy module implements the contract only.
+    tools = {"measure.py"}
     for folder in ("drafters", "trees"):
         for path in (ROOT / folder).glob("*.py"):
+            if path.name in tools:
+                continue
             for name in _imports(path):
                 assert not name.startswith(("specdec.engine", "specdec.cli")), (path, name)
 

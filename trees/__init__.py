@@ -8,15 +8,9 @@ from specdec.contract import CHILDREN_MODES, Expander, Policy
 from specdec.tree import ChildKind, DraftTree
 from trees.adaptive import Adaptive
 from trees.dynamic import Dynamic
+from trees.measure import measure_acceptance, measure_step_times
 from trees.policy import StaticShapePolicy, Topology
-from trees.sequoia import (
-    BudgetChoice,
-    Sequoia,
-    choose_budget,
-    measure_acceptance,
-    measure_step_times,
-    optimal_tree,
-)
+from trees.sequoia import BudgetChoice, Sequoia, choose_budget, optimal_tree
 from trees.specexec import SpecExec
 from trees.static import Chain, Static
 from trees.stochastic_beam import StochasticBeam
