@@ -70,7 +70,7 @@ class DraftModel(Drafter):
 
     def init_state(self, batch, capacity, policy):
         cfg = self.net.config
-        extra = max(self.catch_up_width(policy), policy.max_nodes)
+        extra = max(self.catch_up_width(policy), policy.draft_nodes)
         if cfg.sliding_window is not None and capacity + extra > cfg.sliding_window:
             raise ValueError(
                 f"the draft model's cache would span {capacity + extra} positions but its "

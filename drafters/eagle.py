@@ -350,7 +350,7 @@ class Eagle(Drafter):
 
     def init_state(self, batch, capacity, policy):
         cfg = self.target.config
-        width, nodes = self.catch_up_width(policy), policy.max_nodes
+        width, nodes = self.catch_up_width(policy), policy.draft_nodes
         dtype = self.target.dtype
         cache = KVCache.create(
             len(self.head.module().layers),

@@ -72,7 +72,7 @@ class EarlyExit(Drafter):
         return ()
 
     def begin_step(self, state, ctx: DraftContext, policy: Policy) -> EarlyExitStep:
-        batch, nodes = ctx.hist_len.shape[0], policy.max_nodes
+        batch, nodes = ctx.hist_len.shape[0], policy.draft_nodes
         width = ctx.target.config.hidden_size
         return EarlyExitStep(
             cache=ctx.cache,

@@ -220,6 +220,13 @@ class Policy(abc.ABC):
     renumbers_nodes: bool = False
 
     @property
+    def draft_nodes(self) -> int:
+        """Capacity of the working tree the expander grows (>= max_nodes): drafters size their
+        per-node buffers and the region slots they write by it. A policy that drafts more nodes
+        than it keeps (EAGLE-2's Dynamic) verifies only max_nodes. Default: max_nodes."""
+        return self.max_nodes
+
+    @property
     def max_leaves(self) -> int:
         """Most nodes of a tree that are never expanded (a self-drafter's verify reuse leaves
         exactly these to the verify forward). Default: every node."""

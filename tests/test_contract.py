@@ -283,7 +283,9 @@ def test_self_drafter_reuse_is_refused_under_a_renumbering_policy(llama, plain_e
     from trees import Dynamic
 
     eos, plain = plain_eos
-    policy = Dynamic(depth=3, top_k=3, total_tokens=8)
+    policy = Dynamic(depth=4, top_k=3, total_tokens=6)
+    # it drafts a working tree of 10 nodes but verifies only the 6 it keeps
+    assert (policy.draft_nodes, policy.max_nodes) == (10, 6)
     with pytest.raises(ValueError, match="reuse=False"):
         specdec.generate(llama, PROMPTS, max_new_tokens=16, drafter=EarlyExit(1), policy=policy)
     out = specdec.generate(

@@ -270,7 +270,8 @@ def test_dynamic_rejects_what_it_cannot_do():
         Dynamic(depth=2, top_k=2, total_tokens=8)
     with pytest.raises(ValueError, match="top_k=10 exceeds"):
         Dynamic().check(4)
-    assert Dynamic().max_nodes == 61 and Dynamic().max_depth == 7
+    # verifies the 60 nodes it keeps; drafts a working tree of 1 + 6 x 10 = 61
+    assert Dynamic().max_nodes == 60 and Dynamic().draft_nodes == 61 and Dynamic().max_depth == 7
 
 
 def test_eagle_rejects_bad_options(llama):

@@ -69,8 +69,12 @@ class Dynamic(Policy):
 
     @property
     def max_nodes(self) -> int:
-        # The expander writes its per-node buffers at working-tree indices, so the capacity covers
-        # both trees (EAGLE-2's defaults: 61 working nodes for a 60-node tree).
+        return self.total_tokens  # the verified tree
+
+    @property
+    def draft_nodes(self) -> int:
+        # The expander writes its per-node buffers at working-tree indices (EAGLE-2's defaults:
+        # 61 working nodes for a 60-node tree; depth 7, top_k 4: 25 for total_tokens 8).
         return max(self.total_tokens, self.working_nodes)
 
     @property
@@ -84,7 +88,7 @@ class Dynamic(Policy):
             )
 
     def build(self, expander, state, root, params, key, policy_state=()):
-        batch, k, nodes = root.shape[0], self.top_k, self.max_nodes
+        batch, k, nodes = root.shape[0], self.top_k, self.draft_nodes
         rows = jnp.arange(batch)[:, None]
         work = DraftTree(
             tokens=jnp.zeros((batch, nodes), jnp.int32).at[:, 0].set(root),

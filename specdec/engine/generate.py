@@ -173,12 +173,14 @@ def prepare(
         policy.check(cfg.vocab_size)
         drafter.check(cfg, model.tokenizer, policy)
     tree_nodes = policy.max_nodes if drafter is not None else 1
+    # Region slots a step may write: the verified tree, or the drafter's larger working tree.
+    region_nodes = max(tree_nodes, policy.draft_nodes) if drafter is not None else 1
 
     longest = max(len(p) for p in prompts)
     inputs.lengths(
         longest,
         max_new_tokens,
-        tree_nodes,
+        region_nodes,
         cfg.max_position_embeddings,
         bool(allow_beyond_max_position),
         max_cache_len,
@@ -192,7 +194,7 @@ def prepare(
         tree_nodes=tree_nodes,
         tree_depth=policy.max_depth if drafter is not None else 0,
     )
-    capacity = kernel_slots(shape.prompt_len + shape.max_new + tree_nodes)  # kernels tile S
+    capacity = kernel_slots(shape.prompt_len + shape.max_new + region_nodes)  # kernels tile S
     shape = dataclasses.replace(shape, capacity=capacity)
     # target K and V per slot, plus the int32 token history
     bytes_per_slot = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * model.dtype.itemsize + 4
