@@ -58,7 +58,7 @@ def all_sequences(vocab: int, length: int) -> list[tuple[int, ...]]:
 STAT_PROMPT, STAT_LENGTH, STAT_SAMPLES = [1, 3, 2], 3, 20_000
 
 
-def stat_pvalue(target, drafter, policy, **sampling) -> tuple[float, float]:
+def stat_pvalue(target, drafter, policy, seed: int = 2, **sampling) -> tuple[float, float]:
     """(chi-square p-value, tau) of 20 000 speculative samples of 3 tokens against the exact law."""
     vocab = target.config.vocab_size
     exact = exact_sequence_probs(
@@ -70,7 +70,7 @@ def stat_pvalue(target, drafter, policy, **sampling) -> tuple[float, float]:
         max_new_tokens=STAT_LENGTH,
         drafter=drafter,
         policy=policy,
-        seed=2,
+        seed=seed,
         **sampling,
     )
     counts = np.bincount(sequence_index(out.tokens, vocab), minlength=vocab**STAT_LENGTH)

@@ -10,18 +10,15 @@ code does it by accident: drafts labelled with a kind of sampling they did not c
 import dataclasses
 
 import jax.numpy as jnp
-import numpy as np
 import pytest
-from stats import chi_square_pvalue, exact_sequence_probs, sequence_index
+from stats import stat_pvalue
 
 import specdec
 from drafters import DraftModel, NGram
 from specdec.config import tiny_config
-from specdec.sampling import SamplingParams
 from trees import Chain, ChildKind, Static
 
-VOCAB, LENGTH, SAMPLES = 4, 3, 20_000
-PROMPT = [1, 3, 2]
+VOCAB = 4  # prompt, length and sample count: stats.stat_pvalue
 TREE = [[0], [1], [2], [0, 0], [1, 0]]
 PASS, FAIL = 1e-3, 1e-6
 
@@ -45,19 +42,7 @@ def pair():
 
 
 def _pvalue(target, drafter, policy, **sampling) -> tuple[float, float]:
-    params = SamplingParams.create(**sampling)
-    exact = exact_sequence_probs(target, PROMPT, LENGTH, params)
-    out = specdec.generate(
-        target,
-        [PROMPT] * SAMPLES,
-        max_new_tokens=LENGTH,
-        drafter=drafter,
-        policy=policy,
-        seed=1,
-        **sampling,
-    )
-    counts = np.bincount(sequence_index(out.tokens, VOCAB), minlength=VOCAB**LENGTH)
-    return chi_square_pvalue(counts, exact), out.stats.tau
+    return stat_pvalue(target, drafter, policy, seed=1, **sampling)
 
 
 # ---- correct laws ------------------------------------------------------------------------------
