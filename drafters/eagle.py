@@ -132,6 +132,30 @@ class EagleHead(nnx.Module):
         )
 
 
+def fuse(head: EagleHead, taps: tuple[jax.Array, ...], dtype) -> jax.Array:
+    """EAGLE-3's input feature [B, T, D] = fc(concat of the target taps) (3D -> D, no bias)."""
+    return _einsum("BTX,XD->BTD", jnp.concatenate(taps, axis=-1), head.fc[...], dtype)
+
+
+def head_forward(head, target, tokens, feats, positions, attention, dtype) -> jax.Array:
+    """The head over a block: tokens [B, T], feats [B, T, D], positions [B, T] -> output [B, T, D].
+
+    attention(layer, q, k, v) -> [B, T, N, H] decides what each layer attends to: the head's cache
+    at inference (`Eagle._run`), the training-time-test mask in training (train.eagle_steps).
+    """
+    emb = target.embed_tokens(tokens)  # [B, T, D]
+    feats = feats.astype(dtype)
+    if head.version == 1:
+        x = _einsum("BTE,ED->BTD", jnp.concatenate([emb, feats], -1), head.fc[...], dtype)
+        x = x + head.fc_bias[...].astype(dtype)
+    else:
+        x = feats
+    cos, sin = target.rotary(positions)
+    for index, layer in enumerate(head.layers):
+        x = layer(x, emb, cos, sin, dtype, lambda q, k, v, i=index: attention(i, q, k, v))
+    return x
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class EagleState:
@@ -409,33 +433,22 @@ class Eagle(Drafter):
         """The head's input feature [B, T, D] from the target's (EAGLE-3: fc over the taps)."""
         if self.version == 1:
             return hidden
-        head, dtype = self.head.module(), self.target.dtype
-        return _einsum("BTX,XD->BTD", jnp.concatenate(layers, axis=-1), head.fc[...], dtype)
+        return fuse(self.head.module(), layers, self.target.dtype)
 
     def _run(self, tokens, feats, positions, cache, region, *, prefix=True):
         """Head forward of a block: tokens [B, T], feats [B, T, D] -> (output [B, T, D], cache)."""
-        target, head = self.target.module(), self.head.module()
-        dtype = target.dtype
-        emb = target.embed_tokens(tokens)  # [B, T, D]
-        feats = feats.astype(dtype)
-        if self.version == 1:
-            x = _einsum("BTE,ED->BTD", jnp.concatenate([emb, feats], -1), head.fc[...], dtype)
-            x = x + head.fc_bias[...].astype(dtype)
-        else:
-            x = feats
-        cos, sin = target.rotary(positions)
-        for index, layer in enumerate(head.layers):
+        target = self.target.module()
 
-            def attention(q, k, v, index=index):
-                nonlocal cache
-                cache = cache.write(index, k, v, region.offsets)
-                if not prefix:
-                    return attend_block(q, k, v, region.mask, impl=target.attention)
-                return attend(
-                    q, cache.read(index), cache.lengths, region.mask, impl=target.attention
-                )
+        def attention(index, q, k, v):
+            nonlocal cache
+            cache = cache.write(index, k, v, region.offsets)
+            if not prefix:
+                return attend_block(q, k, v, region.mask, impl=target.attention)
+            return attend(q, cache.read(index), cache.lengths, region.mask, impl=target.attention)
 
-            x = layer(x, emb, cos, sin, dtype, attention)
+        x = head_forward(
+            self.head.module(), target, tokens, feats, positions, attention, target.dtype
+        )
         return x, cache
 
     def logits(self, x: jax.Array) -> jax.Array:

@@ -23,9 +23,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from drafters.eagle import EagleHead
+from drafters.eagle import EagleHead, fuse, head_forward
 from specdec.attention import causal_attention
-from specdec.model import Transformer, _einsum
+from specdec.model import Transformer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,27 +130,6 @@ def run_target(target: Transformer, tokens: jax.Array, taps: tuple[int, ...]) ->
     logits = target.logits(out.hidden)
     stop = jax.lax.stop_gradient
     return TargetOutputs(stop(out.hidden), tuple(map(stop, out.taps)), stop(logits))
-
-
-def fuse(head: EagleHead, taps: tuple[jax.Array, ...], dtype) -> jax.Array:
-    """EAGLE-3's input feature [B, L, D] = fc(concat of the taps) (XD -> D, no bias)."""
-    return _einsum("BTX,XD->BTD", jnp.concatenate(taps, axis=-1), head.fc[...], dtype)
-
-
-def head_forward(head, target, tokens, feats, positions, attention, dtype) -> jax.Array:
-    """The head over a block (as `Eagle._run`, without a cache): tokens [B, L], feats [B, L, D],
-    positions [B, L] -> output features [B, L, D]. attention(layer, q, k, v) -> [B, L, N, H]."""
-    emb = target.embed_tokens(tokens)  # [B, L, D]
-    feats = feats.astype(dtype)
-    if head.version == 1:
-        x = _einsum("BTE,ED->BTD", jnp.concatenate([emb, feats], -1), head.fc[...], dtype)
-        x = x + head.fc_bias[...].astype(dtype)
-    else:
-        x = feats
-    cos, sin = target.rotary(positions)
-    for index, layer in enumerate(head.layers):
-        x = layer(x, emb, cos, sin, dtype, lambda q, k, v, i=index: attention(i, q, k, v))
-    return x
 
 
 def draft_logits(head: EagleHead, x: jax.Array, dtype) -> jax.Array:
