@@ -44,19 +44,24 @@ class DraftTree:
 
 
 def ancestor_mask(parents: jax.Array, valid: jax.Array) -> jax.Array:
-    """bool [B, T, T] from parents [B, T] (parents[i] < i) and valid [B, T]."""
-    nodes = parents.shape[-1]
-    eye = jnp.eye(nodes, dtype=bool)
+    """bool [B, T, T] from parents [B, T] (parents[i] < i, -1 for none) and valid [B, T].
 
-    def add_row(i, mask):
-        # Topological order: a node's ancestors are its parent's ancestors plus itself.
-        parent = parents[:, i]  # [B]
-        parent_row = jnp.take_along_axis(mask, jnp.maximum(parent, 0)[:, None, None], axis=1)[:, 0]
-        row = jnp.where((parent >= 0)[:, None], parent_row, False) | eye[i]
-        return mask.at[:, i].set(row)
-
-    mask = jax.lax.fori_loop(1, nodes, add_row, jnp.broadcast_to(eye, (*parents.shape, nodes)))
-    return mask & valid[:, :, None] & valid[:, None, :]
+    Pointer jumping, no loop over nodes: after k rounds `reach[b, i]` holds node i's ancestors at
+    distance < 2^k (itself included) and `jump[b, i]` its ancestor at distance 2^k (-1 if none);
+    one round merges the reach of the node 2^k above. ceil(log2 T) rounds of [B, T, T] gathers
+    and ORs cover every depth < T, instead of T - 1 dependent row updates (one small kernel
+    sequence each on GPU). Boolean ORs: exact, the same mask as the row-by-row definition.
+    """
+    batch, nodes = parents.shape
+    eye = jnp.broadcast_to(jnp.eye(nodes, dtype=bool), (batch, nodes, nodes))
+    reach, jump = eye, parents.astype(jnp.int32)  # [B, T, T], [B, T]
+    for _ in range(max(nodes - 1, 0).bit_length()):  # ceil(log2 T) rounds: 2^rounds >= T
+        has = jump >= 0  # [B, T]
+        safe = jnp.maximum(jump, 0)
+        above = jnp.take_along_axis(reach, safe[:, :, None], axis=1)  # [B, T, T]: reach[jump[i]]
+        reach = reach | (above & has[:, :, None])
+        jump = jnp.where(has, jnp.take_along_axis(jump, safe, axis=1), -1)
+    return reach & valid[:, :, None] & valid[:, None, :]
 
 
 def sibling_links(parents: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:

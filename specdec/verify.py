@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from specdec.sampling import SamplingParams, probabilities, sample
 from specdec.tree import ChildKind, DraftTree, sibling_links
 
+UNROLL_MAX = 8  # walks of at most this many candidates are unrolled (chains of <= 8 drafts)
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -54,22 +56,180 @@ def _normalized(x: jax.Array, fallback: jax.Array) -> jax.Array:
     return jnp.where(total > 0, x / jnp.where(total > 0, total, 1.0), fallback)
 
 
-def _verify_one(tokens, valid, kinds, draft_probs, logits, first_child, next_sibling, params, key):
-    """Verification walk for one sequence. Shapes: [T] / [T, V]; returns (path [T], n, bonus)."""
-    nodes = tokens.shape[0]
-    walk_key, bonus_key = jax.random.split(key)
+def _verify_one(tokens, valid, kinds, draft_probs, probs, first_child, next_sibling, key):
+    """Verification walk for one sequence. Shapes: [T] / [T, V]; returns (path [T], n, bonus).
 
-    def q_of(node):
-        if draft_probs is None:
-            return jnp.zeros(logits.shape[-1], jnp.float32)
-        return draft_probs[node]
+    probs [T, V] holds each node's fresh target distribution (`probabilities` of its logits).
+
+    The walk tries at most T - 1 candidates: every candidate is a child or a later sibling of the
+    one before, so candidate indices strictly increase (topological order). It therefore runs a
+    loop of exactly T - 1 iterations that carries a `live` flag (candidate >= 0) and leaves the
+    state untouched once the walk has ended. A static trip count matters on GPU: XLA runs a
+    `while_loop` whose trip count it cannot prove by copying the predicate to the host and
+    waiting for it every iteration; a known trip count runs without that round trip. Every live
+    iteration computes exactly what the data-dependent walk computed, with the same uniform draw
+    (keyed by the number of candidates tried before), so verdicts are bit-identical to it
+    (`verify_reference` at the bottom of this module).
+    """
+    nodes, vocab = probs.shape
+    walk_key, bonus_key = jax.random.split(key)
+    # u for the i-th candidate tried; drawn up front (the same draws the walk made one by one).
+    draws = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(walk_key, i)))(
+        jnp.arange(max(nodes - 1, 1))
+    )  # [max(T - 1, 1)]
+    # Without draft distributions q is identically zero (and no sampled child is ever usable).
+    has_q = draft_probs is not None
+    zeros = jnp.zeros((vocab,), jnp.float32)
 
     init = dict(
         node=jnp.int32(0),  # current accepted node u
         candidate=first_child[0],  # child of u being tried, -1 when exhausted
-        p=probabilities(logits[0], params),  # residual target distribution at u
-        q=q_of(0),  # residual draft distribution at u (changes only for WITHOUT_REPLACEMENT)
+        p=probs[0],  # residual target distribution at u
+        q=draft_probs[0] if has_q else zeros,  # residual draft distribution at u
         path=jnp.zeros((nodes,), jnp.int32),
+        n=jnp.int32(0),
+        step=jnp.int32(0),  # candidates tried so far
+    )
+
+    def body(_, s):
+        live = s["candidate"] >= 0
+        j = jnp.maximum(s["candidate"], 0)
+        x = tokens[j]
+        kind = kinds[s["node"]]
+        p, q = s["p"], s["q"]
+        sampled = kind != ChildKind.DETERMINISTIC
+        # A sampled child with q(x) = 0 cannot have been drawn: treat it as absent.
+        usable = valid[j] & (~sampled | (q[x] > 0))
+        ratio = p[x] / jnp.where(q[x] > 0, q[x], 1.0)
+        accept_prob = jnp.where(sampled, jnp.minimum(1.0, ratio), p[x])
+        accept = live & usable & (draws[s["step"]] < accept_prob)
+
+        # One residual, then one normalisation: selecting before normalising gives the same
+        # values as normalising both candidates and selecting after, at half the vocab passes.
+        residual = jnp.where(sampled, jnp.maximum(p - q, 0.0), p.at[x].set(0.0))
+        p_if_rejected = _normalized(residual, p)
+        p_next = jnp.where(accept, probs[j], jnp.where(live & usable, p_if_rejected, p))
+        if has_q:
+            without = kind == ChildKind.WITHOUT_REPLACEMENT
+            q_if_rejected = jnp.where(without, _normalized(q.at[x].set(0.0), q), q)
+            q_next = jnp.where(accept, draft_probs[j], jnp.where(live & usable, q_if_rejected, q))
+        else:
+            q_next = q
+        return dict(
+            node=jnp.where(accept, j, s["node"]),
+            candidate=jnp.where(
+                live, jnp.where(accept, first_child[j], next_sibling[j]), s["candidate"]
+            ),
+            p=p_next,
+            q=q_next,
+            path=jnp.where(accept, s["path"].at[s["n"] + 1].set(j), s["path"]),
+            n=s["n"] + accept.astype(jnp.int32),
+            step=s["step"] + live.astype(jnp.int32),
+        )
+
+    # Short walks (chains) unroll fully so XLA can fuse across candidates.
+    trips = nodes - 1
+    final = jax.lax.fori_loop(0, trips, body, init, unroll=trips <= UNROLL_MAX) if trips else init
+    return final["path"], final["n"], sample(bonus_key, final["p"])
+
+
+def _verify_path(tokens, valid, kinds, draft_probs, probs, first_child, key):
+    """The walk of `_verify_one` for a tree that is a path (no node has two valid children),
+    without a loop: the same verdict, bit for bit.
+
+    On a path the walk accepts candidates until its first failure and then ends (no sibling is
+    left to try), so the k-th candidate is tried at step k - 1 against its parent's fresh
+    distribution, every acceptance test is one gathered scalar, and only the node where the walk
+    stopped needs a vocabulary-wide residual (when its child was usable and rejected).
+    """
+    nodes, vocab = probs.shape
+    walk_key, bonus_key = jax.random.split(key)
+    draws = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(walk_key, i)))(
+        jnp.arange(nodes - 1)
+    )  # [T - 1]: the k-th candidate is tried at step k - 1
+    chain = [jnp.int32(0)]  # the path's nodes root-first, -1 past its end
+    for _ in range(nodes - 1):
+        chain.append(jnp.where(chain[-1] >= 0, first_child[jnp.maximum(chain[-1], 0)], -1))
+    chain = jnp.stack(chain)  # [T]
+    live = chain[1:] >= 0  # [T - 1]: the k-th candidate exists
+    u, j = jnp.maximum(chain[:-1], 0), jnp.maximum(chain[1:], 0)  # [T - 1] parent, candidate
+    x = tokens[j]
+    sampled = kinds[u] != ChildKind.DETERMINISTIC
+    px = probs[u, x]
+    qx = draft_probs[u, x] if draft_probs is not None else jnp.zeros_like(px)
+    usable = valid[j] & (~sampled | (qx > 0))
+    ratio = px / jnp.where(qx > 0, qx, 1.0)
+    accept_prob = jnp.where(sampled, jnp.minimum(1.0, ratio), px)
+    accept = live & usable & (draws < accept_prob)
+    n = jnp.sum(jnp.cumprod(accept.astype(jnp.int32)))  # accepted before the first failure
+    path = jnp.where(jnp.arange(nodes) <= n, chain, 0)
+
+    # The residual at the node the walk stopped on, if it rejected a usable child there.
+    last = chain[n]
+    tried = jnp.minimum(n, nodes - 2)  # the failed candidate's index in the [T - 1] arrays
+    rejected = (n < nodes - 1) & live[tried] & usable[tried]
+    p = probs[last]
+    q = draft_probs[last] if draft_probs is not None else jnp.zeros((vocab,), jnp.float32)
+    residual = jnp.where(sampled[tried], jnp.maximum(p - q, 0.0), p.at[x[tried]].set(0.0))
+    p = jnp.where(rejected, _normalized(residual, p), p)
+    return path, n, sample(bonus_key, p)
+
+
+def verify(
+    tree: DraftTree,
+    logits: jax.Array,
+    params: SamplingParams,
+    key: jax.Array,
+    *,
+    path_only: bool = False,
+) -> Verdict:
+    """Verify each sequence's tree against target logits [B, T, V] (float32, one row per node).
+
+    path_only: the caller guarantees that no node has two valid children (chains); the walk
+    then runs without a loop (`_verify_path`), with the same verdicts. A tree with siblings
+    under path_only=True is verified as if only each node's first child existed.
+    """
+    first_child, next_sibling = sibling_links(tree.parents, tree.valid)
+    keys = jax.random.split(key, tree.tokens.shape[0])
+    # Every node's target distribution in one batched pass: one `probabilities` call per step
+    # instead of one per walk iteration (its `lax.cond`s each wait for the host on GPU unless
+    # XLA captures them in a command buffer). Costs a [B, T, V] float32 buffer beside the logits.
+    probs = probabilities(logits, params)  # [B, T, V]
+    if path_only and tree.num_nodes > 1:
+        path, n, bonus = jax.vmap(_verify_path)(
+            tree.tokens, tree.valid, tree.child_kind, tree.draft_probs, probs, first_child, keys
+        )
+        return Verdict(path=path, num_accepted=n, bonus=bonus)
+    path, n, bonus = jax.vmap(_verify_one)(
+        tree.tokens,
+        tree.valid,
+        tree.child_kind,
+        tree.draft_probs,
+        probs,
+        first_child,
+        next_sibling,
+        keys,
+    )
+    return Verdict(path=path, num_accepted=n, bonus=bonus)
+
+
+# ---- reference ---------------------------------------------------------------------------------
+
+
+def _verify_one_reference(
+    tokens, valid, kinds, draft_probs, logits, first_child, next_sibling, params, key
+):
+    """The walk as a data-dependent while_loop, one candidate per trip (what `_verify_one` and
+    `_verify_path` must equal bit for bit; on GPU each trip waits for the host)."""
+    walk_key, bonus_key = jax.random.split(key)
+    vocab = logits.shape[-1]
+    q_of = lambda node: jnp.zeros(vocab, jnp.float32) if draft_probs is None else draft_probs[node]
+    init = dict(
+        node=jnp.int32(0),
+        candidate=first_child[0],
+        p=probabilities(logits[0], params),
+        q=q_of(0),
+        path=jnp.zeros((tokens.shape[0],), jnp.int32),
         n=jnp.int32(0),
         step=jnp.int32(0),
     )
@@ -80,30 +240,24 @@ def _verify_one(tokens, valid, kinds, draft_probs, logits, first_child, next_sib
         kind = kinds[s["node"]]
         p, q = s["p"], s["q"]
         sampled = kind != ChildKind.DETERMINISTIC
-        # A sampled child with q(x) = 0 cannot have been drawn: treat it as absent.
         usable = valid[j] & (~sampled | (q[x] > 0))
         ratio = p[x] / jnp.where(q[x] > 0, q[x], 1.0)
         accept_prob = jnp.where(sampled, jnp.minimum(1.0, ratio), p[x])
         u = jax.random.uniform(jax.random.fold_in(walk_key, s["step"]))
         accept = usable & (u < accept_prob)
-
         p_if_rejected = jnp.where(
-            sampled,
-            _normalized(jnp.maximum(p - q, 0.0), p),
-            _normalized(p.at[x].set(0.0), p),
+            sampled, _normalized(jnp.maximum(p - q, 0.0), p), _normalized(p.at[x].set(0.0), p)
         )
         q_if_rejected = jnp.where(
             kind == ChildKind.WITHOUT_REPLACEMENT, _normalized(q.at[x].set(0.0), q), q
         )
-        p_next = jnp.where(
-            accept, probabilities(logits[j], params), jnp.where(usable, p_if_rejected, p)
-        )
-        q_next = jnp.where(accept, q_of(j), jnp.where(usable, q_if_rejected, q))
         return dict(
             node=jnp.where(accept, j, s["node"]),
             candidate=jnp.where(accept, first_child[j], next_sibling[j]),
-            p=p_next,
-            q=q_next,
+            p=jnp.where(
+                accept, probabilities(logits[j], params), jnp.where(usable, p_if_rejected, p)
+            ),
+            q=jnp.where(accept, q_of(j), jnp.where(usable, q_if_rejected, q)),
             path=jnp.where(accept, s["path"].at[s["n"] + 1].set(j), s["path"]),
             n=s["n"] + accept.astype(jnp.int32),
             step=s["step"] + 1,
@@ -113,12 +267,20 @@ def _verify_one(tokens, valid, kinds, draft_probs, logits, first_child, next_sib
     return final["path"], final["n"], sample(bonus_key, final["p"])
 
 
-def verify(tree: DraftTree, logits: jax.Array, params: SamplingParams, key: jax.Array) -> Verdict:
-    """Verify each sequence's tree against target logits [B, T, V] (float32, one row per node)."""
+def verify_reference(
+    tree: DraftTree,
+    logits: jax.Array,
+    params: SamplingParams,
+    key: jax.Array,
+    *,
+    path_only: bool = False,  # accepted for a drop-in swap with `verify`; the walk needs no hint
+) -> Verdict:
+    """`verify` as the straightforward data-dependent walk (tests and benchmarks compare)."""
+    del path_only
     first_child, next_sibling = sibling_links(tree.parents, tree.valid)
     keys = jax.random.split(key, tree.tokens.shape[0])
-    verify_one = lambda t, v, c, q, lg, fc, ns, k: _verify_one(t, v, c, q, lg, fc, ns, params, k)
-    path, n, bonus = jax.vmap(verify_one)(
+    one = lambda t, v, c, q, lg, fc, ns, k: _verify_one_reference(t, v, c, q, lg, fc, ns, params, k)
+    path, n, bonus = jax.vmap(one)(
         tree.tokens,
         tree.valid,
         tree.child_kind,

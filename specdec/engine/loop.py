@@ -232,7 +232,9 @@ def step(
         hidden, cache, tapped = verify_forward(module, tree, cache, reuse, taps)
         logits = module.logits(hidden)  # [B, T, V] float32
     with jax.named_scope("verify_walk"):
-        verdict = verify(tree, logits, params, verify_key)
+        # A policy whose trees have one leaf drafts paths: verified without a loop.
+        path_only = policy is not None and policy.max_leaves == 1
+        verdict = verify(tree, logits, params, verify_key, path_only=path_only)
 
     with jax.named_scope("commit"):
         active = ~s.done

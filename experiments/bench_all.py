@@ -1,0 +1,1073 @@
+"""Every ratio of issue 14 next to its target, measured in one run (one 10-minute GPU call).
+
+    # on the GPU machine (jax with CUDA; torch + transformers for the HF peers):
+    PYTHONPATH=. PYTHONUNBUFFERED=1 python3 experiments/bench_all.py --out $OUT
+    # the same code on a CPU with tiny shapes (torch parts skipped when torch is absent):
+    PYTHONPATH=. .venv/bin/python experiments/bench_all.py --smoke --out /tmp/bench_all
+
+Sections run in the priority order of SECTIONS, each under its own time budget inside one
+deadline (--deadline-s, default 530 s), each writing $OUT/bench_all.md and bench_all.json as it
+ends, so a run cut short keeps what it did. Sections the deadline skipped run in a second call,
+e.g. `--sections small_step,speculation,hf_small` (hf_8b needs plain_8b and hf_small needs
+speculation in the same call; the ceilings always run first unless --bandwidth gives them).
+
+  ceilings     HBM bandwidth by several methods (torch CUDA events: device-to-device copy and a
+               bf16 GEMV; jax: an elementwise copy and a bf16 GEMV, best-of-N wall clock with
+               block_until_ready and CUPTI device time), and the bf16 matmul peak. The best
+               bandwidth is the ceiling every roofline below uses.
+  small_step   the `small` target (random weights, bf16) plain step at batch 1: wall ms/step and
+               device ms/step (CUPTI kernel time), kernels per step. Target <= 0.3 ms.
+  speculation  DraftModel + Chain(4) at batch 1 and 8 on a synthetic aligned pair (below):
+               efficiency = tokens/s / (tau x plain tokens/s). Target >= 0.8. Then a 12-node
+               static tree, and an A/B of the verify walk at batch 1 (plain, Chain(4), the
+               tree): the shipped walk against `verify_reference`, the data-dependent
+               while_loop walk it replaced.
+  tree_attn    tree attention (Llama-3-8B heads) at T = 64, S = 4096 and 16384, batches 1/4/16,
+               through experiments/bench_tree_attention.py's problems and timer: the Mosaic GPU
+               kernel's % of roofline (bytes / ceiling) and against XLA and cuDNN. Targets 60% /
+               80%, faster than both.
+  train_mfu    the `small` target's train step on random tokens for a fixed number of steps:
+               MFU against the datasheet peak and the measured matmul peak, for the current
+               forward and with cuDNN's fused causal attention swapped in (a candidate, patched
+               in this process only). Target >= 40%.
+  plain_8b     plain greedy decoding of the random Llama-3-8B shape (bf16, prompt 128, 256 new)
+               at batch 1 and 8: ms/step, effective bandwidth, % of the ceiling. Targets >= 85%
+               and <= 4.45 ms at batch 1.
+  hf_8b        HF transformers' compiled static-cache generate on the same weights (converted in
+               memory through DLPack) at batch 1 and 8, and prompt lookup at batch 1 (assisted
+               generation runs in hf_small, where the draft agrees with its target). Target:
+               specdec plain >= 1.8x HF static compiled.
+  hf_small     HF static compiled, assisted (with the same draft) and prompt lookup on the
+               small pair at batch 1, against specdec plain and DraftModel + Chain(4).
+  cmdbuf       the small_step section again in child processes under XLA command-buffer flags
+               (default, +WHILE, +WHILE with min graph size 1): what CUDA graphs would buy.
+
+The synthetic aligned pair: random weights give a draft that never agrees with its target, so
+tau would be ~1 and say nothing about overheads. The target here is the `small` shape with every
+layer's output projections (attention o, MLP down) scaled by `scale`, so its residual stream is
+mostly the token embedding; the draft is the target's own embedding, first `DRAFT_LAYERS` layers,
+final norm and head. The scale is lowered until greedy tau at batch 1 is >= 2.5 (weights are loop
+arguments, so this never recompiles). Trained pairs are measured by train_reference_gpu.py.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+# Leave GPU memory for torch (HF peers) in the same process; set before jax starts.
+if "--smoke" not in sys.argv:
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
+os.environ.setdefault("BENCH_TARGET_SECONDS", "0.1")  # timed work per tree-attention call
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import specdec
+from drafters import DraftModel
+from experiments import bench_tree_attention as bta
+from experiments.bench_decode import timed_step_seconds
+from experiments.train_reference_gpu import TREE
+from specdec.checkpoint import expand_table
+from specdec.config import llama3_8b_config, tiny_config
+from specdec.engine.generate import clear_compiled_loops, prepare
+from specdec.engine.loop import decode_loop
+from specdec.model import Transformer
+from specdec.verify import verify_reference
+from train.configs import get_config, matmul_params
+from train.steps import ModelDef, init_state, make_train_step
+from train.trainer import device_peak_flops
+from trees import Chain
+
+DRAFT_LAYERS = 2  # layers of the synthetic draft (of the small target's 12)
+SCALES = (0.5, 0.25, 0.1, 0.05, 0.02)  # output-projection scales tried for the aligned pair
+TAU_WANTED = 2.5
+TARGETS = {
+    "plain_8b_pct": 85.0,  # % of the best measured bandwidth, batch 1 and 8
+    "plain_8b_b1_ms": 4.45,
+    "vs_hf": 1.8,  # specdec tokens/s over HF static compiled
+    "small_step_ms": 0.3,
+    "spec_efficiency": 0.8,
+    "tree_pct_4k": 60.0,
+    "tree_pct_16k": 80.0,
+    "mfu_pct": 40.0,
+}
+
+
+# ---------------------------------------------------------------------------------- plumbing
+
+
+class Budget(Exception):
+    """A section ran past its time budget."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise Budget in the main thread after `seconds` (at the next Python bytecode)."""
+
+    def expire(signum, frame):
+        raise Budget(f"over its {seconds:.0f}s budget")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1.0))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+class Report:
+    """bench_all.json + bench_all.md under --out, rewritten after every section."""
+
+    def __init__(self, out: Path | None, started: float, deadline: float):
+        self.out, self.started, self.deadline = out, started, deadline
+        self.data: dict = {"sections": {}, "ratios": []}
+        self.log_file = None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            self.log_file = open(out / "bench_all_log.txt", "a")  # noqa: SIM115
+
+    def log(self, msg: str) -> None:
+        line = f"[{time.perf_counter() - self.started:6.1f}s] {msg}"
+        print(line, flush=True)
+        if self.log_file:
+            self.log_file.write(line + "\n")
+            self.log_file.flush()
+
+    def ratio(self, name: str, value, target: str, ok: bool | None, note: str = "") -> None:
+        row = dict(name=name, value=value, target=target, met=ok, note=note)
+        self.data["ratios"].append(row)
+        self.log(f"RATIO {name}: {value} (target {target}) {'' if ok is None else ok} {note}")
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def run(self, name: str, budget: float, fn, *args):
+        """Run a section under min(budget, time left); a failure is recorded, never raised."""
+        seconds = min(budget, self.left() - 5)
+        if seconds < 10:
+            self.data["sections"][name] = {"skipped": f"{self.left():.0f}s left"}
+            self.log(f"== {name}: skipped, {self.left():.0f}s left before the deadline")
+            self.write()
+            return None
+        self.log(f"== {name} (budget {seconds:.0f}s)")
+        start = time.perf_counter()
+        result = None
+        try:
+            with time_limit(seconds):
+                result = fn(*args)
+            self.data["sections"][name] = {"seconds": round(time.perf_counter() - start, 1)}
+        except Exception as e:  # keep going; the log has the traceback
+            self.data["sections"][name] = {
+                "seconds": round(time.perf_counter() - start, 1),
+                "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+            }
+            self.log(f"{name} failed: {self.data['sections'][name]['error']}")
+            if self.log_file:
+                traceback.print_exc(file=self.log_file)
+                self.log_file.flush()
+        self.write()
+        return result
+
+    def write(self) -> None:
+        self.data["elapsed_s"] = round(time.perf_counter() - self.started, 1)
+        if self.out is None:
+            return
+        (self.out / "bench_all.json").write_text(json.dumps(self.data, indent=1, default=str))
+        (self.out / "bench_all.md").write_text(self.markdown())
+
+    def markdown(self) -> str:
+        d = self.data
+        lines = [
+            f"# bench_all on {d.get('device', '?')}",
+            "",
+            f"Command: `{d.get('command', '')}`; {d.get('versions', '')}; "
+            f"elapsed {d.get('elapsed_s')} s.",
+            "",
+            "| ratio | measured | target | met | note |",
+            "|---|---|---|---|---|",
+        ]
+        for r in d["ratios"]:
+            met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+            lines.append(f"| {r['name']} | {r['value']} | {r['target']} | {met} | {r['note']} |")
+        lines += ["", "## Sections", ""]
+        for name, s in d["sections"].items():
+            lines.append(f"- {name}: {json.dumps(s, default=str)}")
+        for key in ("ceilings", "small_step", "speculation", "tree_attn", "train_mfu"):
+            if key in d:
+                lines += ["", f"## {key}", "", "```", json.dumps(d[key], indent=1, default=str)]
+                lines.append("```")
+        for key in ("plain_8b", "hf_8b", "hf_small"):
+            if key in d:
+                lines += ["", f"## {key}", "", "```", json.dumps(d[key], indent=1, default=str)]
+                lines.append("```")
+        return "\n".join(lines) + "\n"
+
+
+def fmt(x, spec=".2f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def import_torch():
+    """(torch, transformers) when both import and CUDA is available, else None."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return torch, transformers
+
+
+# ---------------------------------------------------------------------------------- ceilings
+
+
+def best_wall_seconds(fn, *args, reps: int = 20) -> float:
+    """Best-of-N wall time of a jitted call (synchronised with block_until_ready)."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def torch_ceilings(torch, num_bytes: int) -> dict:
+    """Device-to-device copy and bf16 GEMV bandwidth timed with CUDA events (median and best)."""
+
+    def events(fn, reps=30):
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) * 1e-3)
+        return float(np.median(times)), float(min(times))
+
+    out = {}
+    n = num_bytes // 2
+    src = torch.randn(n, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    median, best = events(lambda: dst.copy_(src))
+    out["torch_copy_median"] = 2 * num_bytes / median
+    out["torch_copy_best"] = 2 * num_bytes / best
+    cols = 65536
+    rows = max(num_bytes // (2 * cols), 1)
+    w = torch.randn(rows, cols, dtype=torch.bfloat16, device="cuda")
+    x = torch.randn(cols, dtype=torch.bfloat16, device="cuda")
+    median, best = events(lambda: torch.mv(w, x))
+    out["torch_gemv_median"] = w.numel() * 2 / median
+    out["torch_gemv_best"] = w.numel() * 2 / best
+    return out
+
+
+def section_ceilings(report: Report, ctx: dict) -> None:
+    smoke = ctx["smoke"]
+    num_bytes = (64 << 20) if smoke else (4 << 30)
+    res: dict = {}
+    # jax, wall clock (best of N, block_until_ready)
+    x = jax.random.normal(jax.random.key(0), (num_bytes // 2,), jnp.bfloat16)
+    copy = jax.jit(lambda a: a * 2)
+    res["jax_copy_wall_best"] = 2 * num_bytes / best_wall_seconds(copy, x)
+    del x
+    cols = 8192
+    w = jax.random.normal(jax.random.key(1), (num_bytes // (2 * cols), cols), jnp.bfloat16)
+    v = jax.random.normal(jax.random.key(2), (cols,), jnp.bfloat16)
+    gemv = jax.jit(lambda a, b: a @ b)
+    res["jax_gemv_wall_best"] = w.size * 2 / best_wall_seconds(gemv, w, v)
+    # jax, device time (CUPTI through the tree-attention benchmark's timer)
+    timer = ctx["timer"]
+    res["timer"] = timer.method
+    if timer.method == "cupti":
+        res["jax_gemv_cupti_median"] = w.size * 2 / (timer(gemv, [(w, v)])["ms"] * 1e-3)
+    del w, v
+    if smoke:
+        res["jax_copy_cupti_median"], res["matmul_flops"] = None, None
+        m = 512
+        a = jax.random.normal(jax.random.key(3), (m, m), jnp.float32)
+        res["matmul_flops"] = 2 * m**3 / best_wall_seconds(jax.jit(lambda p: p @ p), a)
+    else:
+        bw, peak = bta.measure_ceilings(timer)  # 1 GiB copy and 8192^3 matmul, timer's method
+        res["jax_copy_cupti_median" if timer.method == "cupti" else "jax_copy_timer"] = bw
+        res["matmul_flops"] = peak
+    if ctx["torch"] is not None:
+        try:
+            res.update(torch_ceilings(ctx["torch"][0], num_bytes))
+            ctx["torch"][0].cuda.empty_cache()
+        except Exception as e:
+            res["torch_error"] = f"{type(e).__name__}: {e}"
+    bandwidths = {k: v for k, v in res.items() if isinstance(v, float) and k != "matmul_flops"}
+    best_key = max(bandwidths, key=bandwidths.get)
+    ctx["bandwidth"], ctx["peak"] = bandwidths[best_key], res["matmul_flops"]
+    res["ceiling"] = {"bytes_per_s": ctx["bandwidth"], "from": best_key}
+    report.data["ceilings"] = res
+    report.log(
+        "bandwidths TB/s: "
+        + ", ".join(f"{k} {v / 1e12:.2f}" for k, v in bandwidths.items())
+        + f"; ceiling {ctx['bandwidth'] / 1e12:.2f} ({best_key}); "
+        f"matmul {fmt(res['matmul_flops'] and res['matmul_flops'] / 1e12, '.0f')} TFLOP/s"
+    )
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+def small_config(smoke: bool):
+    if smoke:
+        return tiny_config(vocab_size=512, num_layers=4)
+    return get_config("small").model
+
+
+def big_config(smoke: bool):
+    return tiny_config(vocab_size=512) if smoke else llama3_8b_config()
+
+
+def scaled_pair(target: specdec.Model, scale: float, layers: int):
+    """(target with layer output projections scaled, draft = its embedding, first layers, head)."""
+    module = target.module()
+    state = nnx.state(module, nnx.Param)
+    pure = nnx.to_pure_dict(state)
+    for layer in pure["layers"].values():
+        layer["attn"]["o"] = layer["attn"]["o"] * scale
+        layer["mlp"]["down"] = layer["mlp"]["down"] * scale
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(module, state)
+    cfg = dataclasses.replace(target.config, num_layers=layers)
+    draft_module = Transformer(
+        cfg, rngs=nnx.Rngs(1), param_dtype=target.dtype, attention=target.attention
+    )
+    draft_state = nnx.state(draft_module, nnx.Param)
+    draft_pure = nnx.to_pure_dict(draft_state)
+    for key in draft_pure:
+        if key == "layers":
+            for i in draft_pure["layers"]:
+                draft_pure["layers"][i] = pure["layers"][i]
+        else:
+            draft_pure[key] = pure[key]
+    nnx.replace_by_pure_dict(draft_state, draft_pure)
+    nnx.update(draft_module, draft_state)
+    return specdec.Model(module), specdec.Model(draft_module)
+
+
+def prompts_for(cfg, batch: int, length: int, seed: int = 0) -> list[list[int]]:
+    return np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, length)).tolist()
+
+
+def device_step(ctx, model, prompts, max_new, **kwargs) -> dict:
+    """Device (CUPTI) and wall ms per decode step and kernels per step, from two loop lengths
+    sharing one compiled loop (prefill and launch costs cancel in the difference)."""
+    timer = ctx["timer"]
+    runs = []
+    fn = None
+    for new in (max_new, max_new // 2 + 1):
+        prepared = prepare(model, prompts, max_new_tokens=new, **kwargs)
+        if fn is None:  # not donating: the timer calls it many times on the same arguments
+            fn = jax.jit(lambda *a, p=prepared: decode_loop(*a, policy=p.policy, shape=p.shape))
+        steps = int(fn(*prepared.args).steps)
+        runs.append((steps, timer(fn, [prepared.args])))
+    (s_full, full), (s_half, half) = runs
+    steps = max(s_full - s_half, 1)
+    out = {
+        "method": timer.method,
+        "wall_ms_per_step": (full["wall_ms"] - half["wall_ms"]) / steps,
+        "device_ms_per_step": (full["ms"] - half["ms"]) / steps,
+    }
+    if "kernels" in full and "kernels" in half:
+        out["kernels_per_step"] = (full["kernels"] - half["kernels"]) / steps
+    return out
+
+
+# ---------------------------------------------------------------------------------- sections
+
+
+def section_small_step(report: Report, ctx: dict) -> None:
+    cfg = small_config(ctx["smoke"])
+    model = specdec.Model.random(cfg, seed=0, dtype=ctx["dtype"])
+    ctx["small"] = model
+    new = ctx["max_new"]
+    prompts = prompts_for(cfg, 1, ctx["prompt_len"])
+    step_s, out = timed_step_seconds(model, prompts, new)
+    res = {
+        "model": str(model),
+        "wall_ms_per_step_generate": step_s * 1e3,
+        "tok_s_end_to_end": out.stats.tokens_per_second,
+        "weights_read_ms": cfg.num_params() * model.dtype.itemsize / ctx["bandwidth"] * 1e3,
+    }
+    # A shorter loop for the device timing keeps CUPTI's record count (kernels x reps) modest.
+    res.update(device_step(ctx, model, prompts, min(new, 64)))
+    report.data["small_step"] = res
+    ms = res["wall_ms_per_step_generate"]
+    report.ratio(
+        "small target plain step, B=1 (ms, wall)",
+        f"{ms:.3f} (device {fmt(res['device_ms_per_step'], '.3f')}, "
+        f"{fmt(res.get('kernels_per_step'), '.0f')} kernels/step)",
+        f"<= {TARGETS['small_step_ms']}",
+        ms <= TARGETS["small_step_ms"],
+        f"weights read in {res['weights_read_ms']:.3f} ms",
+    )
+
+
+def section_speculation(report: Report, ctx: dict) -> None:
+    base = ctx["small"]
+    cfg = base.config
+    new = ctx["max_new"]
+    layers = min(DRAFT_LAYERS, cfg.num_layers - 1)
+    chosen = None
+    for scale in SCALES[:1] if ctx["smoke"] else SCALES:
+        target, draft = scaled_pair(base, scale, layers)
+        out = specdec.generate(
+            target,
+            prompts_for(cfg, 1, ctx["prompt_len"]),
+            max_new_tokens=new,
+            drafter=DraftModel(draft),
+            policy=Chain(4),
+        )
+        report.log(f"scale {scale}: tau {out.stats.tau:.2f}")
+        chosen = (scale, target, draft)
+        if out.stats.tau >= TAU_WANTED:
+            break
+    scale, target, draft = chosen
+    ctx["pair"] = (target, draft)
+    rows = []
+    for batch in ctx["batches"]:
+        prompts = prompts_for(cfg, batch, ctx["prompt_len"], seed=batch)
+        plain = [specdec.generate(target, prompts, max_new_tokens=new) for _ in range(2)][-1]
+        kw = dict(drafter=DraftModel(draft), policy=Chain(4))
+        spec = [specdec.generate(target, prompts, max_new_tokens=new, **kw) for _ in range(2)][-1]
+        eff = spec.stats.tokens_per_second / (spec.stats.tau * plain.stats.tokens_per_second)
+        row = dict(
+            batch=batch,
+            scale=scale,
+            draft_layers=layers,
+            plain_tok_s=plain.stats.tokens_per_second,
+            spec_tok_s=spec.stats.tokens_per_second,
+            tau=spec.stats.tau,
+            speedup=spec.stats.tokens_per_second / plain.stats.tokens_per_second,
+            efficiency=eff,
+            agreement=float((spec.tokens == plain.tokens).mean()),
+        )
+        if batch == 1:
+            ctx["small_tok_s"] = {"plain": row["plain_tok_s"], "chain4": row["spec_tok_s"]}
+        rows.append(row)
+        report.log(json.dumps(row))
+        report.ratio(
+            f"speculation efficiency, DraftModel+Chain(4), B={batch}",
+            f"{eff:.2f} (tau {row['tau']:.2f}, {row['spec_tok_s']:.0f} vs plain "
+            f"{row['plain_tok_s']:.0f} tok/s)",
+            f">= {TARGETS['spec_efficiency']}",
+            eff >= TARGETS["spec_efficiency"],
+            f"synthetic aligned pair (scale {scale}, {layers}-layer draft)",
+        )
+        report.data["speculation"] = rows
+        report.write()
+    # For information: a 12-node static tree at batch 1 (its verify walk runs a static loop of
+    # 11 iterations, where a chain's 4 are unrolled).
+    prompts = prompts_for(cfg, 1, ctx["prompt_len"], seed=1)
+    kw = dict(drafter=DraftModel(draft), policy=TREE)
+    spec = [specdec.generate(target, prompts, max_new_tokens=new, **kw) for _ in range(2)][-1]
+    plain_tok_s = ctx["small_tok_s"]["plain"]
+    eff = spec.stats.tokens_per_second / (spec.stats.tau * plain_tok_s)
+    rows.append(
+        dict(
+            batch=1,
+            policy=f"Static({TREE.max_nodes - 1})",
+            spec_tok_s=spec.stats.tokens_per_second,
+            tau=spec.stats.tau,
+            efficiency=eff,
+        )
+    )
+    report.log(json.dumps(rows[-1]))
+    report.ratio(
+        f"speculation efficiency, DraftModel+Static({TREE.max_nodes - 1}), B=1 (information)",
+        f"{eff:.2f} (tau {spec.stats.tau:.2f}, {spec.stats.tokens_per_second:.0f} tok/s)",
+        f">= {TARGETS['spec_efficiency']}",
+        eff >= TARGETS["spec_efficiency"],
+        "same pair",
+    )
+    report.data["speculation"] = rows
+    report.write()
+    walk_ab(report, ctx, target, draft)
+
+
+@contextlib.contextmanager
+def reference_walk():
+    """Decode loops traced with `verify_reference` (the data-dependent while_loop walk)."""
+    import specdec.engine.loop as loop_module
+
+    def fresh():
+        clear_compiled_loops()
+        jax.clear_caches()
+
+    old = loop_module.verify
+    loop_module.verify = verify_reference
+    fresh()
+    try:
+        yield
+    finally:
+        loop_module.verify = old
+        fresh()
+
+
+def walk_ab(report: Report, ctx: dict, target, draft) -> None:
+    """What the loop-free / static-trip-count walk bought: tokens/s at batch 1, shipped walk
+    against the reference while_loop walk, for plain decoding, Chain(4) and the static tree."""
+    prompts = prompts_for(target.config, 1, ctx["prompt_len"], seed=1)
+    new = ctx["max_new"]
+    cases = [
+        ("plain", {}),
+        ("Chain(4)", dict(drafter=DraftModel(draft), policy=Chain(4))),
+        (f"Static({TREE.max_nodes - 1})", dict(drafter=DraftModel(draft), policy=TREE)),
+    ]
+    if ctx["smoke"]:
+        cases = cases[:1]  # the code path, within the smoke run's two minutes
+    run = lambda kw: [specdec.generate(target, prompts, max_new_tokens=new, **kw) for _ in range(2)]
+    shipped = {label: run(kw)[-1].stats.tokens_per_second for label, kw in cases}
+    with reference_walk():
+        reference = {label: run(kw)[-1].stats.tokens_per_second for label, kw in cases}
+    report.data["walk_ab"] = {"shipped": shipped, "reference_while_walk": reference}
+    for label, _ in cases:
+        gain = shipped[label] / reference[label]
+        report.ratio(
+            f"verify walk, {label}, B=1: shipped vs while_loop walk (tok/s)",
+            f"{gain:.2f}x ({shipped[label]:.0f} vs {reference[label]:.0f})",
+            "> 1",
+            gain > 1,
+            "what removing the walk's host round trips bought",
+        )
+
+
+def section_tree_attn(report: Report, ctx: dict) -> None:
+    timer = ctx["timer"]
+    if ctx["smoke"]:
+        problems = [bta.Problem(1, 4, 256)]
+        fns = {k: v for k, v in bta.implementations().items() if k == "xla"}
+    else:
+        problems = [bta.Problem(b, 64, s) for s in (4096, 16384) for b in (1, 4, 16)]
+        fns = {k: v for k, v in bta.implementations().items() if k != "triton"}
+    bw, peak = ctx["bandwidth"], ctx["peak"] or float("inf")
+    rows = []
+    for problem in problems:
+        row = bta.run_problem(problem, fns, timer, report.log)
+        roof_ms = max(problem.bytes / bw, problem.flops / peak) * 1e3
+        times = {k: (v["ms"] if v else None) for k, v in row["times"].items()}
+        ours = [times.get(k) for k in ("mosaic_gpu", "triton") if times.get(k) is not None]
+        best = min(ours) if ours else times.get("xla")
+        summary = dict(
+            B=problem.batch,
+            T=problem.block,
+            S=problem.slots,
+            roofline_us=roof_ms * 1e3,
+            times_us={k: (None if v is None else v * 1e3) for k, v in times.items()},
+            best_pct=None if best is None else 100 * roof_ms / best,
+            vs_xla=None if best is None or times.get("xla") is None else times["xla"] / best,
+            vs_cudnn=None if best is None or times.get("cudnn") is None else times["cudnn"] / best,
+            errors=row["errors"],
+        )
+        rows.append(summary)
+        report.data["tree_attn"] = rows
+        want = TARGETS["tree_pct_4k"] if problem.slots < 16384 else TARGETS["tree_pct_16k"]
+        pct = summary["best_pct"]
+        report.ratio(
+            f"tree attention B={problem.batch} T={problem.block} S={problem.slots}, % roofline",
+            f"{fmt(pct, '.0f')}% ({fmt(best and best * 1e3, '.1f')} us vs roofline "
+            f"{roof_ms * 1e3:.1f} us; {fmt(summary['vs_xla'])}x xla, "
+            f"{fmt(summary['vs_cudnn'])}x cudnn)",
+            f">= {want:.0f}% and faster than xla, cudnn",
+            None
+            if pct is None
+            else bool(
+                pct >= want
+                and (summary["vs_xla"] or 0) > 1
+                and (summary["vs_cudnn"] is None or summary["vs_cudnn"] > 1)
+            ),
+        )
+        report.write()
+
+
+def measure_train(cfg, steps: int, dtype) -> dict:
+    """Mean seconds per train step (AdamW, random tokens) after two compile / warm-up steps."""
+    module = Transformer(
+        cfg.model,
+        rngs=nnx.Rngs(0),
+        param_dtype=jnp.float32,
+        dtype=dtype,
+        attention="xla",
+        remat=cfg.remat,
+    )
+    model_def, params = ModelDef.split(module)
+    state = init_state(params, cfg)
+    train_step = jax.jit(make_train_step(model_def, cfg), donate_argnums=(0,))
+    rng = np.random.default_rng(0)
+    batches = [
+        jnp.asarray(rng.integers(0, cfg.model.vocab_size, (cfg.batch_size, cfg.seq_len + 1)))
+        for _ in range(2)
+    ]
+    lr = jnp.float32(1e-4)
+    start = time.perf_counter()
+    for i in range(2):  # compile + warm
+        state, metrics = train_step(state, batches[i % 2], lr)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(steps):
+        state, metrics = train_step(state, batches[i % 2], lr)
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - start) / steps
+    return dict(step_s=seconds, compile_s=compile_s, loss=float(metrics["loss"]))
+
+
+def cudnn_causal_attention(q, k, v):
+    """The training forward's causal attention through cuDNN's fused kernel (a candidate)."""
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+
+
+@contextlib.contextmanager
+def patched_causal_attention(fn):
+    """Swap the model's no-cache causal attention for `fn` (benchmark-only, restored after)."""
+    import specdec.model as model_module
+
+    old = model_module.causal_attention
+    model_module.causal_attention = fn
+    try:
+        yield
+    finally:
+        model_module.causal_attention = old
+
+
+def section_train_mfu(report: Report, ctx: dict) -> None:
+    smoke = ctx["smoke"]
+    if smoke:
+        cfg, steps = get_config("tiny", batch_size=2, seq_len=32), 3
+    else:
+        cfg, steps = get_config("small"), 20
+    dtype = jnp.dtype(jnp.float32 if smoke else jnp.bfloat16)
+    flops_per_token = 6 * matmul_params(cfg.model)
+    datasheet, source = device_peak_flops()
+    # The current training forward (jax.nn.dot_product_attention with implementation=None, which
+    # is XLA's unfused attention), then the cuDNN fused kernel as a candidate (GPU only).
+    variants = [("current (xla attention)", contextlib.nullcontext())]
+    if jax.devices()[0].platform == "gpu":
+        variants.append(("cudnn attention", patched_causal_attention(cudnn_causal_attention)))
+    rows = []
+    report.data["train_mfu"] = rows
+    for label, patch in variants:
+        try:
+            with patch:
+                timed = measure_train(cfg, steps, dtype)
+        except Budget:
+            raise
+        except Exception as e:
+            rows.append(dict(variant=label, error=f"{type(e).__name__}: {str(e)[:200]}"))
+            report.log(f"train variant {label} failed: {rows[-1]['error']}")
+            continue
+        tokens_per_s = cfg.batch_size * cfg.seq_len / timed["step_s"]
+        res = dict(
+            variant=label,
+            config=cfg.name,
+            batch=cfg.batch_size,
+            seq_len=cfg.seq_len,
+            compute_dtype=dtype.name,
+            step_ms=timed["step_s"] * 1e3,
+            tokens_per_s=tokens_per_s,
+            compile_s=timed["compile_s"],
+            loss=timed["loss"],
+            mfu_datasheet=None if datasheet is None else flops_per_token * tokens_per_s / datasheet,
+            peak_source=source,
+            mfu_measured_peak=None
+            if not ctx["peak"]
+            else flops_per_token * tokens_per_s / ctx["peak"],
+        )
+        rows.append(res)
+        report.log(json.dumps(res))
+        mfu = res["mfu_datasheet"]
+        measured = res["mfu_measured_peak"]
+        report.ratio(
+            f"training MFU, `{cfg.name}` target, {label}",
+            f"{fmt(mfu and 100 * mfu, '.1f')}% of datasheet peak "
+            f"({fmt(measured and 100 * measured, '.1f')}% of measured matmul peak; "
+            f"{tokens_per_s:.0f} tok/s)",
+            f">= {TARGETS['mfu_pct']:.0f}%",
+            None if mfu is None else 100 * mfu >= TARGETS["mfu_pct"],
+            f"{steps} steps, B={cfg.batch_size}, L={cfg.seq_len}, random tokens",
+        )
+        report.write()
+
+
+def section_plain_8b(report: Report, ctx: dict) -> None:
+    cfg = big_config(ctx["smoke"])
+    start = time.perf_counter()
+    model = specdec.Model.random(cfg, seed=0, dtype=ctx["dtype"])
+    report.log(f"random {model} built in {time.perf_counter() - start:.1f}s")
+    ctx["big"] = model
+    new, plen = ctx["max_new"], ctx["prompt_len"]
+    weight_bytes = cfg.num_params() * model.dtype.itemsize
+    rows = []
+    for batch in ctx["batches"]:
+        prompts = prompts_for(cfg, batch, plen, seed=batch)
+        step_s, out = timed_step_seconds(model, prompts, new)
+        # the timed steps run between N/2 + 1 and N new tokens: mean context P + 3N/4
+        kv_bytes = (
+            2 * cfg.num_layers * batch * (plen + 0.75 * new) * cfg.num_kv_heads * cfg.head_dim
+        ) * model.dtype.itemsize
+        bandwidth = (weight_bytes + kv_bytes) / step_s
+        row = dict(
+            batch=batch,
+            ms_per_step=step_s * 1e3,
+            decode_tok_s=batch / step_s,
+            end_to_end_tok_s=out.stats.tokens_per_second,
+            effective_tb_s=bandwidth / 1e12,
+            pct_ceiling=100 * bandwidth / ctx["bandwidth"],
+            attention=model.attention,
+        )
+        rows.append(row)
+        ctx.setdefault("big_tok_s", {})[batch] = out.stats.tokens_per_second
+        report.data["plain_8b"] = rows
+        report.log(json.dumps(row))
+        ok = row["pct_ceiling"] >= TARGETS["plain_8b_pct"]
+        if batch == 1:
+            ok = ok and row["ms_per_step"] <= TARGETS["plain_8b_b1_ms"]
+        report.ratio(
+            f"plain decoding 8B shape, B={batch}, % of best bandwidth",
+            f"{row['pct_ceiling']:.0f}% ({row['ms_per_step']:.2f} ms/step, "
+            f"{row['effective_tb_s']:.2f} TB/s, {row['end_to_end_tok_s']:.0f} tok/s)",
+            f">= {TARGETS['plain_8b_pct']:.0f}%"
+            + (f", <= {TARGETS['plain_8b_b1_ms']} ms" if batch == 1 else ""),
+            ok,
+        )
+        report.write()
+
+
+# ---------------------------------------------------------------------------------- HF peers
+
+
+def to_hf(model: specdec.Model, torch, transformers):
+    """The same weights as an HF LlamaForCausalLM on the GPU (bf16), copied through DLPack."""
+    cfg = model.config
+    fields = {k: v for k, v in cfg.to_hf(torch_dtype="bfloat16").items() if k != "model_type"}
+    hf_cfg = transformers.LlamaConfig(**fields)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            hf = transformers.LlamaForCausalLM(hf_cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    pure = nnx.to_pure_dict(nnx.state(model.module(), nnx.Param))
+    named = dict(hf.named_parameters())
+    with torch.no_grad():
+        for name, path, rule in expand_table(cfg):
+            node = pure
+            for key in path:
+                node = node[key]
+            value = jnp.asarray(rule.to_hf(jnp.asarray(node), cfg), jnp.bfloat16)
+            tensor = torch.from_dlpack(value)
+            param = named[name]
+            if tuple(param.shape) != tuple(tensor.shape):
+                raise ValueError(f"{name}: HF {tuple(param.shape)} vs ours {tuple(tensor.shape)}")
+            param.copy_(tensor)
+            # jax may reuse the buffer once `value` is dropped: let torch's copy finish first
+            torch.cuda.synchronize()
+            del value, tensor
+    if cfg.tie_word_embeddings:
+        hf.tie_weights()
+    hf.eval()
+    hf.generation_config.pad_token_id = 0
+    return hf
+
+
+def hf_tok_s(torch, hf, prompts, new, label, report, warm=2, **kwargs) -> dict:
+    """Tokens/s of HF generate (greedy), after `warm` warm-up calls (compile, CUDA graphs); a
+    failure becomes a row with the error (the other peers still run)."""
+    try:
+        return _hf_tok_s(torch, hf, prompts, new, label, report, warm, **kwargs)
+    except Budget:
+        raise
+    except Exception as e:
+        report.log(f"HF {label} failed: {type(e).__name__}: {e}")
+        if report.log_file:
+            traceback.print_exc(file=report.log_file)
+        return dict(label=label, batch=len(prompts), tok_s=None, error=f"{type(e).__name__}: {e}")
+
+
+def _hf_tok_s(torch, hf, prompts, new, label, report, warm, **kwargs) -> dict:
+    ids = torch.tensor(prompts, device="cuda")
+    mask = torch.ones_like(ids)
+
+    def run():
+        return hf.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, **kwargs)
+
+    start = time.perf_counter()
+    run()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - start
+    for _ in range(warm - 1):
+        run()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = run()
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    generated = (out.shape[1] - ids.shape[1]) * ids.shape[0]
+    row = dict(
+        label=label,
+        batch=ids.shape[0],
+        tok_s=generated / seconds,
+        generated=generated,
+        first_call_s=first,
+    )
+    report.log(json.dumps(row))
+    return row
+
+
+def section_hf_8b(report: Report, ctx: dict) -> None:
+    torch, transformers = ctx["torch"]
+    model = ctx["big"]
+    cfg = model.config
+    new, plen = ctx["max_new"], ctx["prompt_len"]
+    start = time.perf_counter()
+    hf = to_hf(model, torch, transformers)
+    report.log(f"HF copy of the 8B weights in {time.perf_counter() - start:.1f}s")
+    rows = []
+    report.data["hf_8b"] = rows
+    for batch in ctx["batches"]:
+        prompts = prompts_for(cfg, batch, plen, seed=batch)
+        row = hf_tok_s(
+            torch,
+            hf,
+            prompts,
+            new,
+            "static compiled",
+            report,
+            cache_implementation="static",
+            min_new_tokens=new,
+        )
+        rows.append(row)
+        ours = ctx.get("big_tok_s", {}).get(batch)
+        ratio = None if ours is None or not row["tok_s"] else ours / row["tok_s"]
+        report.ratio(
+            f"8B shape plain, specdec vs HF static compiled, B={batch}",
+            f"{fmt(ratio)}x ({fmt(ours, '.0f')} vs {fmt(row['tok_s'], '.0f')} tok/s)",
+            f">= {TARGETS['vs_hf']}x",
+            None if ratio is None else ratio >= TARGETS["vs_hf"],
+        )
+        report.write()
+    prompts = prompts_for(cfg, 1, plen, seed=1)
+    rows.append(
+        hf_tok_s(
+            torch, hf, prompts, new, "prompt lookup", report, warm=1, prompt_lookup_num_tokens=10
+        )
+    )
+    report.write()
+    del hf, ctx["big"]  # the 8B weights are not needed again
+    torch.cuda.empty_cache()
+
+
+def section_hf_small(report: Report, ctx: dict) -> None:
+    torch, transformers = ctx["torch"]
+    target, draft = ctx["pair"]
+    cfg = target.config
+    new, plen = ctx["max_new"], ctx["prompt_len"]
+    hf_target, hf_draft = to_hf(target, torch, transformers), to_hf(draft, torch, transformers)
+    prompts = prompts_for(cfg, 1, plen, seed=1)
+    rows = [
+        hf_tok_s(
+            torch,
+            hf_target,
+            prompts,
+            new,
+            "static compiled",
+            report,
+            cache_implementation="static",
+            min_new_tokens=new,
+        ),
+        hf_tok_s(torch, hf_target, prompts, new, "dynamic cache", report, warm=1),
+        hf_tok_s(
+            torch, hf_target, prompts, new, "assisted", report, warm=1, assistant_model=hf_draft
+        ),
+        hf_tok_s(
+            torch,
+            hf_target,
+            prompts,
+            new,
+            "prompt lookup",
+            report,
+            warm=1,
+            prompt_lookup_num_tokens=10,
+        ),
+    ]
+    report.data["hf_small"] = rows
+    ours = ctx.get("small_tok_s", {})
+    for row in rows:
+        if not row["tok_s"]:
+            continue
+        for name, tok_s in ours.items():
+            report.ratio(
+                f"small pair B=1, specdec {name} vs HF {row['label']}",
+                f"{tok_s / row['tok_s']:.2f}x ({tok_s:.0f} vs {row['tok_s']:.0f} tok/s)",
+                "-",
+                None,
+            )
+    del hf_target, hf_draft
+    torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------- command buffers
+
+# XLA flag sets tried on the small plain step, each in a child process (flags are read at start).
+# Upstream XLA captures conditionals in command buffers by default but not while loops (this
+# jax's XLA may differ, hence the explicit +CONDITIONAL); +WHILE lets a whole decode loop (a
+# data-dependent while) become one CUDA graph with a device-side loop condition, so the host no
+# longer waits for each step's predicate, nor for `probabilities`' temperature / filter conds.
+FLAG_VARIANTS = (
+    ("default", ""),
+    ("+CONDITIONAL,+WHILE", "--xla_gpu_enable_command_buffer=+CONDITIONAL,+WHILE"),
+    (
+        "+CONDITIONAL,+WHILE min_graph_size=1",
+        "--xla_gpu_enable_command_buffer=+CONDITIONAL,+WHILE --xla_gpu_graph_min_graph_size=1",
+    ),
+)
+
+
+def section_cmdbuf(report: Report, ctx: dict) -> None:
+    rows = []
+    report.data["cmdbuf"] = rows
+    for label, flags in FLAG_VARIANTS:
+        left = report.left() - 10
+        if left < 40:
+            rows.append(dict(flags=label, skipped=f"{left:.0f}s left"))
+            break
+        out = Path(report.out or "/tmp/bench_all") / f"cmdbuf_{len(rows)}"
+        env = dict(os.environ, XLA_FLAGS=flags, XLA_PYTHON_CLIENT_MEM_FRACTION="0.15")
+        command = [
+            sys.executable,
+            __file__,
+            "--sections",
+            "small_step",
+            "--no-torch",
+            "--bandwidth",
+            str(ctx["bandwidth"]),
+            "--out",
+            str(out),
+            "--deadline-s",
+            str(min(120.0, left - 5)),
+        ] + (["--smoke"] if ctx["smoke"] else [])
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=left)
+        row = dict(flags=label, xla_flags=flags, rc=done.returncode)
+        try:
+            child = json.loads((out / "bench_all.json").read_text())
+            row.update(child.get("small_step", {}), sections=child.get("sections"))
+        except (OSError, ValueError) as e:
+            row["error"] = f"{type(e).__name__}: {e}; stderr tail: {done.stderr[-300:]}"
+        rows.append(row)
+        report.log(json.dumps(row, default=str))
+        ms = row.get("wall_ms_per_step_generate")
+        report.ratio(
+            f"small target plain step, B=1, XLA flags {label!r} (ms, wall)",
+            f"{fmt(ms, '.3f')} (device {fmt(row.get('device_ms_per_step'), '.3f')})",
+            f"<= {TARGETS['small_step_ms']}",
+            None if ms is None else ms <= TARGETS["small_step_ms"],
+        )
+        report.write()
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+SECTIONS = (  # name, budget on the GPU (s), needs torch; in priority order (the deadline cuts)
+    ("ceilings", 30, False),
+    ("plain_8b", 110, False),
+    ("hf_8b", 130, True),
+    ("small_step", 45, False),
+    ("speculation", 90, False),
+    ("train_mfu", 60, False),
+    ("tree_attn", 60, False),
+    ("hf_small", 60, True),
+    ("cmdbuf", 150, False),  # only with time left, or alone: --sections cmdbuf
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", default=os.environ.get("OUT"), help="bench_all.md/.json go here")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, any backend")
+    p.add_argument("--deadline-s", type=float, help="wall-clock end of the whole run")
+    p.add_argument("--sections", default="", help="comma-separated subset of the sections")
+    p.add_argument("--no-torch", action="store_true", help="skip the torch / HF parts")
+    p.add_argument(
+        "--bandwidth", type=float, help="bytes/s ceiling to use instead of measuring ceilings"
+    )
+    args = p.parse_args(argv)
+    started = time.perf_counter()
+    smoke = args.smoke
+    deadline = started + (args.deadline_s or (115 if smoke else 530))
+    report = Report(Path(args.out) if args.out else None, started, deadline)
+    device = jax.devices()[0]
+    torch_pair = None if args.no_torch else import_torch()
+    report.data["device"] = f"{len(jax.devices())} x {device.device_kind} ({device.platform})"
+    report.data["command"] = "python3 experiments/bench_all.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    versions = f"jax {jax.__version__}"
+    if torch_pair is not None:
+        versions += f", torch {torch_pair[0].__version__}, transformers {torch_pair[1].__version__}"
+    report.data["versions"] = versions
+    report.log(f"{report.data['device']}; {versions}; torch parts: {torch_pair is not None}")
+    if not smoke and device.platform != "gpu":
+        raise SystemExit(f"no GPU: jax's backend is {device.platform!r} (use --smoke)")
+
+    ctx = dict(
+        smoke=smoke,
+        torch=torch_pair,
+        timer=bta.Timer(),
+        dtype=jnp.dtype(jnp.float32 if smoke else jnp.bfloat16),
+        prompt_len=16 if smoke else 128,
+        max_new=16 if smoke else 256,
+        batches=(1,) if smoke else (1, 8),  # the smoke run covers the code, not both sizes
+        bandwidth=args.bandwidth,
+        peak=None,
+    )
+    wanted = set(args.sections.split(",")) if args.sections else None
+    needs = {"speculation": ["small"], "hf_small": ["pair"], "hf_8b": ["big"]}
+    for name, budget, needs_torch in SECTIONS:
+        if name == "ceilings" and args.bandwidth is not None:
+            continue
+        if wanted is not None and name not in wanted and name != "ceilings":
+            continue
+        if needs_torch and torch_pair is None:
+            report.data["sections"][name] = {"skipped": "torch with CUDA is not available"}
+            report.log(f"== {name}: skipped (torch with CUDA is not available)")
+            continue
+        missing = [k for k in needs.get(name, []) if k not in ctx]
+        if missing:
+            report.data["sections"][name] = {"skipped": f"needs {missing} from an earlier one"}
+            report.log(f"== {name}: skipped, needs {missing}")
+            continue
+        report.run(name, budget, globals()[f"section_{name}"], report, ctx)
+        if name == "ceilings" and ctx["bandwidth"] is None:
+            ctx["bandwidth"] = 1e12  # a stand-in so later sections still run; the json says so
+            report.data["ceilings_fallback"] = True
+    report.log("done")
+    report.write()
+    print("\n" + report.markdown(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""The static-trip-count verify walk, its loop-free path version and the pointer-jumping ancestor
+mask equal straightforward references (`verify_reference`, the data-dependent while_loop walk; a
+row-by-row mask) bit for bit on random trees."""
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import specdec
+from drafters import DraftModel
+from specdec.config import tiny_config
+from specdec.engine.generate import prepare
+from specdec.engine.loop import decode_loop
+from specdec.sampling import SamplingParams
+from specdec.tree import ChildKind, DraftTree, ancestor_mask
+from specdec.verify import verify, verify_reference
+from trees import Chain
+
+NODES = 10  # fixed capacity (> verify.UNROLL_MAX + 1, so the rolled loop is exercised too)
+CHAIN = 5  # a chain's capacity (unrolled walk)
+BATCH = 3
+VOCAB = 6  # small, so random trees accept and reject often
+
+
+def reference_ancestor_mask(parents: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """bool [B, T, T]: row i = node i and its ancestors, following parents one by one."""
+    batch, nodes = parents.shape
+    mask = np.zeros((batch, nodes, nodes), bool)
+    for b in range(batch):
+        for i in range(nodes):
+            node = i
+            while node >= 0:
+                mask[b, i, node] = True
+                node = parents[b, node]
+    return mask & valid[:, :, None] & valid[:, None, :]
+
+
+reference_verify = jax.jit(verify_reference)
+_verify = jax.jit(verify, static_argnames=("path_only",))
+_mask = jax.jit(ancestor_mask)
+
+
+@st.composite
+def random_trees(draw, nodes: int = NODES, chain: bool = False):
+    """Numpy parents [B, T] (topological), valid [B, T] (closed under ancestors), tokens, kinds."""
+    parents = np.full((BATCH, nodes), -1, np.int32)
+    valid = np.ones((BATCH, nodes), bool)
+    for b in range(BATCH):
+        for i in range(1, nodes):
+            parents[b, i] = i - 1 if chain else draw(st.integers(0, i - 1))
+            valid[b, i] = draw(st.booleans()) and valid[b, parents[b, i]]
+    if draw(st.booleans()):  # some padding that points at no parent, as policies leave it
+        parents = np.where(valid, parents, -1)
+    seed = draw(st.integers(0, 2**31 - 1))
+    return parents, valid, seed
+
+
+def _tree(parents, valid, seed, with_q: bool, kinds_choice) -> tuple[DraftTree, jax.Array]:
+    rng = np.random.default_rng(seed)
+    batch, nodes = parents.shape
+    logits = rng.normal(size=(batch, nodes, VOCAB)).astype(np.float32) * 2.0
+    tokens = rng.integers(0, VOCAB, (batch, nodes)).astype(np.int32)
+    kinds = rng.choice(np.asarray(kinds_choice, np.int32), (batch, nodes))
+    draft_probs = None
+    if with_q:
+        raw = rng.exponential(size=(batch, nodes, VOCAB)) * (
+            rng.random((batch, nodes, VOCAB)) > 0.3
+        )
+        raw[..., 0] += 1e-3  # every q has some mass
+        draft_probs = jnp.asarray((raw / raw.sum(-1, keepdims=True)).astype(np.float32))
+    tree = DraftTree(
+        tokens=jnp.asarray(tokens),
+        parents=jnp.asarray(parents),
+        depths=jnp.zeros((batch, nodes), jnp.int32),  # the walk does not read depths
+        valid=jnp.asarray(valid),
+        child_kind=jnp.asarray(kinds),
+        draft_probs=draft_probs,
+    )
+    return tree, jnp.asarray(logits)
+
+
+@settings(max_examples=40, deadline=None)
+@given(random_trees())
+def test_ancestor_mask_equals_reference(tree):
+    parents, valid, _ = tree
+    got = np.asarray(_mask(jnp.asarray(parents), jnp.asarray(valid)))
+    np.testing.assert_array_equal(got, reference_ancestor_mask(parents, valid))
+
+
+def test_ancestor_mask_deep_chain_and_single_node():
+    for nodes in (1, 2, 3, 17, 64):
+        parents = np.arange(nodes, dtype=np.int32)[None] - 1
+        valid = np.ones((1, nodes), bool)
+        got = np.asarray(ancestor_mask(jnp.asarray(parents), jnp.asarray(valid)))
+        np.testing.assert_array_equal(got, reference_ancestor_mask(parents, valid))
+
+
+PARAMS = [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 3, 1.0), (1.3, 0, 0.8)]
+KINDS = [
+    (ChildKind.DETERMINISTIC,),
+    (ChildKind.WITH_REPLACEMENT,),
+    (ChildKind.WITHOUT_REPLACEMENT,),
+    tuple(ChildKind),
+]
+
+
+def _check_walk(parents, valid, seed, with_q, kinds_choice, sampling, path_only=False):
+    tree, logits = _tree(parents, valid, seed, with_q, kinds_choice)
+    params = SamplingParams.create(*sampling)
+    key = jax.random.key(seed)
+    got = _verify(tree, logits, params, key, path_only=path_only)
+    want = reference_verify(tree, logits, params, key)
+    np.testing.assert_array_equal(np.asarray(got.num_accepted), np.asarray(want.num_accepted))
+    np.testing.assert_array_equal(np.asarray(got.bonus), np.asarray(want.bonus))
+    # the path is defined up to num_accepted; both leave zeros past it
+    np.testing.assert_array_equal(np.asarray(got.path), np.asarray(want.path))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    random_trees(),
+    st.booleans(),
+    st.sampled_from(KINDS),
+    st.sampled_from(PARAMS),
+)
+def test_static_walk_equals_while_walk_on_trees(tree, with_q, kinds_choice, sampling):
+    _check_walk(*tree, with_q, kinds_choice, sampling)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    random_trees(nodes=CHAIN, chain=True),
+    st.booleans(),
+    st.sampled_from(KINDS),
+    st.sampled_from(PARAMS),
+)
+def test_static_walk_equals_while_walk_on_chains(tree, with_q, kinds_choice, sampling):
+    _check_walk(*tree, with_q, kinds_choice, sampling)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    random_trees(nodes=CHAIN, chain=True),
+    st.booleans(),
+    st.sampled_from(KINDS),
+    st.sampled_from(PARAMS),
+)
+def test_loop_free_path_walk_equals_while_walk_on_chains(tree, with_q, kinds_choice, sampling):
+    _check_walk(*tree, with_q, kinds_choice, sampling, path_only=True)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.booleans(), st.sampled_from(PARAMS))
+def test_loop_free_path_walk_on_a_greedy_chain_that_accepts(seed, with_q, sampling):
+    """Drafts equal to the target's argmax: long accepted runs, the bonus after the leaf."""
+    parents = np.broadcast_to(np.arange(CHAIN, dtype=np.int32) - 1, (BATCH, CHAIN)).copy()
+    valid = np.ones((BATCH, CHAIN), bool)
+    tree, logits = _tree(parents, valid, seed, with_q, KINDS[0])
+    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # node i's token: parent's argmax
+    tree = dataclasses.replace(tree, tokens=jnp.roll(tokens, 1, axis=1))
+    params = SamplingParams.create(*sampling)
+    key = jax.random.key(seed)
+    got = _verify(tree, logits, params, key, path_only=True)
+    want = reference_verify(tree, logits, params, key)
+    np.testing.assert_array_equal(np.asarray(got.num_accepted), np.asarray(want.num_accepted))
+    np.testing.assert_array_equal(np.asarray(got.bonus), np.asarray(want.bonus))
+    np.testing.assert_array_equal(np.asarray(got.path), np.asarray(want.path))
+
+
+def test_root_only_tree_samples_the_bonus_from_the_root():
+    parents = np.full((BATCH, 1), -1, np.int32)
+    valid = np.ones((BATCH, 1), bool)
+    for sampling in PARAMS:
+        _check_walk(parents, valid, 3, False, KINDS[0], sampling)
+
+
+def _data_dependent_whiles(drafter=None, policy=None) -> int:
+    """While loops in the compiled decode loop whose trip count XLA cannot prove."""
+    target = specdec.Model.random(tiny_config(vocab_size=64), seed=0)
+    prepared = prepare(target, [[1, 2, 3]], max_new_tokens=8, drafter=drafter, policy=policy)
+    loop = jax.jit(decode_loop, static_argnames=("policy", "shape"))
+    hlo = (
+        loop.lower(*prepared.args, policy=prepared.policy, shape=prepared.shape).compile().as_text()
+    )
+    whiles = re.findall(r"= .*? while\(.*", hlo)
+    return sum("known_trip_count" not in w for w in whiles)
+
+
+def test_one_data_dependent_loop_per_decode():
+    """Only the outer decode loop waits for its predicate (on GPU, a host round trip per
+    iteration): the verify walk and the ancestor mask have static trip counts."""
+    assert _data_dependent_whiles() == 1
+    draft = specdec.Model.random(tiny_config(vocab_size=64, num_layers=1), seed=1)
+    assert _data_dependent_whiles(DraftModel(draft), Chain(4)) == 1
