@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from specdec import sharding
 from specdec.attention import attend, attend_block, kernel_slots
 from specdec.cache import KVCache, Region
 from specdec.checkpoint import read_tensors
@@ -231,7 +232,7 @@ class Eagle(Drafter):
             param_dtype=target.dtype,
         )
         return Eagle(
-            head=Net(*nnx.split(module)),
+            head=_head_net(module, target),
             target=target.net,
             draft_ids=jnp.asarray(ids, jnp.int32),
             version=version,
@@ -301,7 +302,7 @@ class Eagle(Drafter):
                 )
             param[...] = jnp.asarray(value, target.dtype)
         return Eagle(
-            head=Net(*nnx.split(module)),
+            head=_head_net(module, target),
             target=target.net,
             draft_ids=jnp.asarray(ids, jnp.int32),
             version=version,
@@ -469,6 +470,12 @@ class Eagle(Drafter):
             return draft
         full = jnp.full((*draft.shape[:-1], self.vocab_size), -jnp.inf, jnp.float32)
         return full.at[..., self.draft_ids].set(draft)
+
+
+def _head_net(module: EagleHead, target: Model) -> Net:
+    """The head's weights, sharded like the target's (specdec.sharding rules) when it has a mesh."""
+    net = Net(*nnx.split(module))
+    return net if target.mesh is None else sharding.shard_params(net, target.mesh)
 
 
 def _precision(dtype) -> jax.lax.Precision:

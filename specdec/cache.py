@@ -19,6 +19,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from specdec import sharding
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -128,11 +130,16 @@ class KVCache(Cache):
     ) -> "KVCache":
         """Store a block's K/V [B, T, K, H] of one layer at slots lengths + offsets [B, T]."""
         slots = self.lengths[:, None] + offsets  # [B, T]
-        rows = jnp.arange(slots.shape[0])[:, None]  # [B, 1]
         # mode="drop": a slot past capacity is discarded, never clamped onto a live slot
         # (callers check capacity up front, so this only guards padding rows).
-        k_layer = self.k[layer].at[rows, slots].set(k_new.astype(self.k[layer].dtype), mode="drop")
-        v_layer = self.v[layer].at[rows, slots].set(v_new.astype(self.v[layer].dtype), mode="drop")
+        if sharding.active_mesh() is not None:
+            # On a mesh, a per-row (vmapped) scatter keeps each device's rows local; the indexed
+            # form below would first all-gather the block's K/V over the data axis.
+            put = jax.vmap(lambda buf, s, new: buf.at[s].set(new.astype(buf.dtype), mode="drop"))
+        else:
+            rows = jnp.arange(slots.shape[0])[:, None]  # [B, 1]
+            put = lambda buf, s, new: buf.at[rows, s].set(new.astype(buf.dtype), mode="drop")
+        k_layer, v_layer = put(self.k[layer], slots, k_new), put(self.v[layer], slots, v_new)
         return dataclasses.replace(
             self,
             k=(*self.k[:layer], k_layer, *self.k[layer + 1 :]),

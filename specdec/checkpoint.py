@@ -19,6 +19,7 @@ from flax import nnx
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from specdec import sharding
 from specdec.config import ModelConfig
 from specdec.model import Transformer
 
@@ -294,8 +295,12 @@ def checkpoint_dtype(directory: Path, tensors: dict[str, np.ndarray]) -> jnp.dty
     return jnp.dtype(jnp.float32)
 
 
-def build_params(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype) -> dict:
-    """Nested pure dict of parameters for `Transformer`, checked against the config."""
+def build_params(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype, mesh=None) -> dict:
+    """Nested pure dict of parameters for `Transformer`, checked against the config.
+
+    With a (data, model) `mesh`, each array is placed shard by shard by `specdec.sharding`'s
+    rules (every device receives only its slice of the host tensor).
+    """
     pure: dict = {}
     expected = set()
     for name, path, rule in expand_table(cfg):
@@ -316,7 +321,11 @@ def build_params(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype) -> dic
         node = pure
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = jnp.asarray(value, dtype=dtype)
+        if mesh is None:
+            node[path[-1]] = jnp.asarray(value, dtype=dtype)
+        else:
+            where = sharding.param_named(path[-1], value.shape, mesh, f"tensor {name!r}")
+            node[path[-1]] = sharding.host_array(np.asarray(value).astype(dtype), where)
     unexpected = sorted(
         n for n in tensors if n not in expected and not n.endswith(_IGNORED_SUFFIXES)
     )
@@ -329,13 +338,21 @@ def build_params(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype) -> dic
     return pure
 
 
-def load_transformer(path: str | os.PathLike, dtype=None, attention: str = "xla") -> Transformer:
-    """A Transformer with an HF checkpoint directory's weights, in `dtype` (default: as stored)."""
+def load_transformer(
+    path: str | os.PathLike, dtype=None, attention: str = "xla", mesh=None
+) -> Transformer:
+    """A Transformer with an HF checkpoint directory's weights, in `dtype` (default: as stored).
+
+    mesh: a (data, model) `jax.sharding.Mesh`; the weights are then created sharded over it
+    (tensor parallel over heads / MLP / vocabulary, see `specdec.sharding`).
+    """
     directory = Path(path)
     cfg = read_config(directory)
+    if mesh is not None:
+        sharding.check_config(cfg, sharding.check_mesh(mesh), f"{str(directory)!r}")
     tensors = read_tensors(directory)
     dtype = jnp.dtype(dtype) if dtype is not None else checkpoint_dtype(directory, tensors)
-    pure = build_params(cfg, tensors, dtype)
+    pure = build_params(cfg, tensors, dtype, mesh)
     abstract = nnx.eval_shape(
         lambda: Transformer(cfg, rngs=nnx.Rngs(0), param_dtype=dtype, attention=attention)
     )

@@ -17,7 +17,9 @@ import sys
 import jinja2
 
 import specdec
+import specdec.checkpoint
 from drafters import DraftModel, NGram
+from specdec import sharding
 from trees import Chain, Static
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -102,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--no-eos", action="store_true", help="do not stop at the tokenizer's EOS")
     gen.add_argument(
+        "--mesh",
+        default=None,
+        metavar="DATAxMODEL",
+        help="shard over DATA x MODEL devices (e.g. 1x2: tensor parallel over 2 devices; the "
+        "number of prompts must divide by DATA)",
+    )
+    gen.add_argument(
         "--allow-beyond-max-position",
         action="store_true",
         help="generate past the model's max_position_embeddings (untrained positions)",
@@ -145,6 +154,21 @@ def check_positions(model: specdec.Model, ids: list[list[int]], args) -> None:
         )
 
 
+def load_draft(args, mesh) -> specdec.Model:
+    """The draft model, sharded like the target where its heads divide the mesh, else replicated."""
+    load = lambda m: specdec.load(
+        args.draft_model, dtype=args.dtype, attention=args.attention, mesh=m
+    )
+    if mesh is None:
+        return load(None)
+    try:
+        sharding.check_config(specdec.checkpoint.read_config(args.draft_model), mesh, "draft")
+    except ValueError as err:
+        print(f"note: {err}; the draft model is replicated on every device", file=sys.stderr)
+        return load(None)
+    return load(mesh)
+
+
 def run_generate(args) -> int:
     if args.draft_model and args.ngram:
         raise CLIError("choose one drafter: --draft-model or --ngram")
@@ -157,14 +181,15 @@ def run_generate(args) -> int:
         if has_drafter
         else None
     )
-    model = specdec.load(args.model, dtype=args.dtype, attention=args.attention)
+    mesh = sharding.mesh_from_text(args.mesh)
+    if mesh is not None:
+        sharding.check_batch(len(args.prompt), mesh)
+    model = specdec.load(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
     if model.tokenizer is None:
         raise CLIError(f"{args.model} has no tokenizer.json; the CLI needs one to encode prompts")
     drafter = None
     if args.draft_model:
-        drafter = DraftModel(
-            specdec.load(args.draft_model, dtype=args.dtype, attention=args.attention)
-        )
+        drafter = DraftModel(load_draft(args, mesh))
     elif args.ngram:
         drafter = NGram(max_ngram=args.ngram)
     ids = encode_prompts(model, args.model, args.prompt, args.raw)

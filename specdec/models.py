@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from specdec import checkpoint
+from specdec import checkpoint, sharding
 from specdec.attention import IMPLEMENTATIONS as ATTENTION_CHOICES
 from specdec.config import ModelConfig
 from specdec.model import Transformer
@@ -53,13 +53,17 @@ class Model:
         self.dtype = module.dtype
         self.attention: str = module.attention
         self.tokenizer = tokenizer
+        # The (data, model) mesh the weights are sharded over (None: one device).
+        self.mesh = sharding.mesh_of(self.net.params)
 
     def __repr__(self) -> str:
         c = self.config
         return (
             f"Model({c.architecture}, layers={c.num_layers}, d={c.hidden_size}, "
             f"vocab={c.vocab_size}, params={c.num_params() / 1e6:.1f}M, dtype={self.dtype.name}, "
-            f"attention={self.attention})"
+            f"attention={self.attention}"
+            + (f", mesh={dict(self.mesh.shape)}" if self.mesh is not None else "")
+            + ")"
         )
 
     @staticmethod
@@ -69,12 +73,24 @@ class Model:
         dtype=jnp.float32,
         attention: str = "auto",
         tokenizer: Tokenizer | None = None,
+        mesh=None,
     ) -> "Model":
-        """A model with random weights (std = config.initializer_range) built from a config."""
-        module = Transformer(
+        """A model with random weights (std = config.initializer_range) built from a config.
+
+        mesh: a (data, model) `jax.sharding.Mesh`; the weights are then initialised directly
+        sharded over it (the same values as on one device).
+        """
+        make = lambda: Transformer(
             config, rngs=nnx.Rngs(seed), param_dtype=dtype, attention=resolve_attention(attention)
         )
-        return Model(module, tokenizer)
+        if mesh is None:
+            return Model(make(), tokenizer)
+        sharding.check_config(config, sharding.check_mesh(mesh))
+        graphdef, abstract = nnx.split(nnx.eval_shape(make))
+        state = sharding.create(
+            lambda: nnx.split(make())[1], sharding.param_shardings(abstract, mesh)
+        )
+        return Model(nnx.merge(graphdef, state), tokenizer)
 
     def module(self) -> Transformer:
         return self.net.module()
@@ -110,13 +126,17 @@ def _full_logits(net: Net, ids: jax.Array) -> jax.Array:
     return module.logits(module(ids, positions).hidden)
 
 
-def load(path: str | os.PathLike, dtype=None, attention: str = "auto") -> Model:
+def load(path: str | os.PathLike, dtype=None, attention: str = "auto", mesh=None) -> Model:
     """Load an HF checkpoint directory (config.json + safetensors [+ tokenizer.json]) as a Model.
 
     dtype: weights and compute dtype (default: as stored in the checkpoint). attention: "auto"
-    (Pallas kernel where available, else XLA), "xla", or a specific kernel name.
+    (Pallas kernel where available, else XLA), "xla", or a specific kernel name. mesh: a
+    `jax.sharding.Mesh` with axes ("data", "model"): the weights are loaded sharded over it
+    (tensor parallel over "model"; `generate` then splits the batch over "data").
     """
-    module = checkpoint.load_transformer(path, dtype=dtype, attention=resolve_attention(attention))
+    module = checkpoint.load_transformer(
+        path, dtype=dtype, attention=resolve_attention(attention), mesh=mesh
+    )
     tokenizer = Tokenizer.from_dir(path)
     if tokenizer is not None:
         cfg = module.config

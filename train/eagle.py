@@ -2,7 +2,7 @@
 
     python -m train.eagle --target DIR --version 1|3 --out HEAD_DIR [--steps N]
         [--time-budget-s S] [--regenerate] [--resume] [--num-layers 1] [--draft-vocab N]
-        [--ttt-steps 7] [--target-layers 1,5,8] ...
+        [--ttt-steps 7] [--target-layers 1,5,8] [--mesh DATAxMODEL] ...
 
 then `specdec.generate(target, prompts, drafter=Eagle.load(HEAD_DIR, target), policy=...)`.
 
@@ -46,6 +46,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from drafters.eagle import Eagle, EagleHead, default_target_layers
+from specdec import sharding
 from specdec.models import Model, Net
 from train.configs import _digest
 from train.data import read_conversations
@@ -283,15 +284,26 @@ class EagleTrainer:
         resume: bool = False,
         progress: bool = True,
         devices=None,
+        mesh: Mesh | None = None,
     ):
+        """mesh: a (data, model) mesh (specdec.sharding): rows over "data", the head's and the
+        target's weights tensor-parallel over "model" (default: a 1-D "data" mesh over
+        `devices`, head and target replicated)."""
         self.cfg, self.target, self.data, self.progress = cfg, target, data, progress
-        self.devices = list(devices or jax.devices())
-        if cfg.batch_size % len(self.devices):
+        if mesh is not None:
+            self.devices = list(sharding.check_mesh(mesh).devices.flat)
+            sharding.check_config(target.config, mesh, "the target (and so the head)")
+        else:
+            self.devices = list(devices or jax.devices())
+        rows = len(self.devices) if mesh is None else mesh.shape["data"]
+        if cfg.batch_size % rows:
             raise ValueError(
-                f"batch_size={cfg.batch_size} must be a multiple of the {len(self.devices)} devices"
+                f"batch_size={cfg.batch_size} must be a multiple of the {rows} data-parallel "
+                f"devices"
             )
-        mesh = Mesh(np.array(self.devices), ("data",))
-        self.replicated, self.by_row = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+        self.mesh = mesh if mesh is not None else Mesh(np.array(self.devices), ("data",))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.by_row = NamedSharding(self.mesh, P("data"))
         tcfg = target.config
         self.taps = ()
         if cfg.version == 3:
@@ -304,7 +316,7 @@ class EagleTrainer:
         self.batches = Batches(data.train, cfg.batch_size, cfg.seq_len, cfg.seed)
         self.mask_batches = Batches(data.train_mask, cfg.batch_size, cfg.seq_len, cfg.seed)
 
-        module = EagleHead(
+        make = lambda: EagleHead(
             tcfg,
             version=cfg.version,
             num_layers=cfg.num_layers,
@@ -313,12 +325,22 @@ class EagleTrainer:
             rngs=nnx.Rngs(cfg.seed),
             param_dtype=jnp.float32,
         )
-        self.model, params = ModelDef.split(module)
-        self.state = jax.device_put(init_state(params, cfg), self.replicated)
-        self.target_net = jax.device_put(target.net, self.replicated)
+        if mesh is None:
+            self.model, params = ModelDef.split(make())
+            self.state = jax.device_put(init_state(params, cfg), self.replicated)
+            self.target_net = jax.device_put(target.net, self.replicated)
+            state_sharding = self.replicated
+        else:  # the head's state created directly sharded; the target's weights placed by rule
+            self.model, _ = ModelDef.split(nnx.eval_shape(make))
+            fresh = lambda: init_state(ModelDef.split(make())[1], cfg)
+            state_sharding = sharding.param_shardings(jax.eval_shape(fresh), mesh)
+            self.state = sharding.create(fresh, state_sharding)
+            self.target_net = sharding.place(target.net, mesh)
         self.draft_ids = jax.device_put(jnp.asarray(data.draft_ids, jnp.int32), self.replicated)
         self._train_step = jax.jit(
-            self._make_train_step(), donate_argnums=(0,), out_shardings=self.replicated
+            self._make_train_step(),
+            donate_argnums=(0,),
+            out_shardings=(state_sharding, self.replicated),
         )
         self._eval_step = jax.jit(self._make_eval_step(), out_shardings=self.replicated)
 
@@ -592,6 +614,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-checkpoints", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", help="also write the result here")
+    p.add_argument(
+        "--mesh",
+        metavar="DATAxMODEL",
+        help="data x tensor parallel mesh, e.g. 1x2 (default: data parallel over all devices)",
+    )
     return p
 
 
@@ -629,6 +656,7 @@ def main(argv: list[str] | None = None) -> EagleResult:
     args = p.parse_args(argv)
     try:
         cfg = config_from_args(args)
+        mesh = sharding.mesh_from_text(args.mesh)
     except ValueError as error:
         p.error(str(error))
     import specdec
@@ -638,7 +666,7 @@ def main(argv: list[str] | None = None) -> EagleResult:
         dtype = jnp.bfloat16 if gpu else jnp.float32
     else:
         dtype = jnp.dtype(args.dtype)
-    target = specdec.load(args.target, dtype=dtype, attention="xla")
+    target = specdec.load(args.target, dtype=dtype, attention="xla", mesh=mesh)
     out = args.out.rstrip("/")
     data = load_data(
         cfg,
@@ -660,7 +688,13 @@ def main(argv: list[str] | None = None) -> EagleResult:
     workdir = None if args.no_checkpoints else (args.workdir or f"{out}.ckpt")
     try:
         trainer = EagleTrainer(
-            cfg, target, data, workdir=workdir, resume=args.resume, progress=not args.no_progress
+            cfg,
+            target,
+            data,
+            workdir=workdir,
+            resume=args.resume,
+            progress=not args.no_progress,
+            mesh=mesh,
         )
     except FileExistsError as error:
         raise SystemExit(f"error: {error}") from None

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from specdec import sharding
 from specdec.checkpoint import read_config
 from train.configs import CONFIGS, TrainConfig, _digest, get_config
 from train.data import Source
@@ -65,12 +66,14 @@ def train_and_export(
     cache_dir: str | os.PathLike | None = None,
     init_from: str | os.PathLike | None = None,
     eval_exits: bool | None = None,
+    mesh=None,
 ) -> TrainResult:
     """Train `cfg` (distilling from `teacher_dir` if given and cfg.distill_weight > 0), export
     the HF checkpoint to `out_dir` and return the result (also written to out_dir/training.json).
 
     init_from: an HF checkpoint directory to continue training from (see `Trainer`).
-    eval_exits: report held-out perplexity at every exit layer (default: with cfg.layerskip)."""
+    eval_exits: report held-out perplexity at every exit layer (default: with cfg.layerskip).
+    mesh: a (data, model) jax Mesh (specdec.sharding) for data + tensor parallelism."""
     teacher = None
     if teacher_dir is not None and cfg.distill_weight > 0:
         import specdec
@@ -94,6 +97,7 @@ def train_and_export(
         progress=progress,
         init_from=init_from,
         eval_exits=eval_exits,
+        mesh=mesh,
     )
     result = trainer.fit(time_budget_s=time_budget_s)
     info = {
@@ -133,6 +137,11 @@ def parser(description: str, default_config: str) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="token-stream cache (default: artifacts/cache/tokens)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", help="also write the TrainResult here")
+    p.add_argument(
+        "--mesh",
+        metavar="DATAxMODEL",
+        help="data x tensor parallel mesh, e.g. 2x4 (default: data parallel over all devices)",
+    )
     p.add_argument(
         "--init-from",
         metavar="DIR",
@@ -174,6 +183,10 @@ def config_from_args(args: argparse.Namespace, **extra) -> TrainConfig:
 
 
 def run_from_args(args: argparse.Namespace, cfg: TrainConfig, tokenizer_dir, teacher_dir=None):
+    try:
+        args.mesh = sharding.mesh_from_text(getattr(args, "mesh", None))
+    except ValueError as error:  # malformed, or more devices than there are
+        raise SystemExit(f"error: {error}") from None
     workdir = None if args.no_checkpoints else (args.workdir or f"{args.out.rstrip('/')}.ckpt")
     try:
         result = _train_from_args(args, cfg, tokenizer_dir, teacher_dir, workdir)
@@ -200,4 +213,5 @@ def _train_from_args(args, cfg, tokenizer_dir, teacher_dir, workdir) -> TrainRes
         cache_dir=args.cache_dir,
         init_from=args.init_from,
         eval_exits=True if args.eval_exits else None,
+        mesh=args.mesh,
     )

@@ -2,7 +2,7 @@
 
     python -m train.target --config small --out runs/small [--steps N] [--resume]
         [--tokenizer DIR] [--time-budget-s 360] [--export-dtype bfloat16]
-        [--init-from DIR] [--eval-exits]
+        [--init-from DIR] [--eval-exits] [--mesh DATAxMODEL]
         [--layerskip [--layerskip-p-max 0.1] [--layerskip-curriculum rotational]
                      [--layerskip-rotation 4] [--layerskip-e-scale 1.0]
                      [--layerskip-exits 2,4,6] [--layerskip-dropout-warmup]]
@@ -16,6 +16,7 @@ from scratch. At the end it prints the held-out loss / perplexity (with --layers
 --eval-exits, at every exit layer too), tokens/s, MFU and parameter count.
 """
 
+from specdec import sharding
 from train.layerskip import CURRICULA, LayerSkip
 from train.run import config_from_args, ensure_tokenizer, parser, run_from_args
 
@@ -31,6 +32,11 @@ def main(argv: list[str] | None = None):
     p.add_argument("--layerskip-exits", help="comma-separated exits E (default: every layer)")
     p.add_argument("--layerskip-dropout-warmup", action="store_true", help="from scratch")
     args = p.parse_args(argv)
+    if args.mesh is not None:
+        try:  # before any tokenizer or data work; the device count is checked when training
+            sharding.parse_mesh(args.mesh)
+        except ValueError as error:
+            p.error(str(error))
     options = {
         "p_max": args.layerskip_p_max,
         "curriculum": args.layerskip_curriculum,

@@ -7,7 +7,9 @@
 
 Parallelism: one 1-D mesh over all local devices, axis "data". Each batch is sharded by rows
 (`P("data")`), parameters and optimizer state are replicated, and XLA inserts the gradient
-all-reduce. One device is the same program with a mesh of one.
+all-reduce. One device is the same program with a mesh of one. With `mesh=` (a 2-D ("data",
+"model") mesh, `--mesh DATAxMODEL`) the parameters and optimizer moments are also split over
+"model" by specdec.sharding's rule table (tensor parallelism) and created directly sharded.
 
 Determinism and resume: initialisation is seeded and batch s is a pure function of s
 (`train.tokens.Batches`), so a checkpoint needs only the state (params, optimizer, step) and the
@@ -46,6 +48,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+from specdec import sharding
 from specdec.model import Transformer
 from train.configs import TrainConfig, matmul_params
 from train.data import Source
@@ -187,6 +190,7 @@ class Trainer:
         devices=None,
         init_from: str | os.PathLike | None = None,
         eval_exits: bool | None = None,
+        mesh: Mesh | None = None,
     ):
         """workdir: where orbax checkpoints go (None: no checkpoints). resume: continue from the
         last checkpoint in workdir, if any. teacher: a `specdec.Model` to distill from (used when
@@ -194,14 +198,23 @@ class Trainer:
         init_from: an HF checkpoint directory whose weights start the run (continued training;
         its config must equal cfg.model) instead of the seeded random init. eval_exits: evaluate
         the held-out loss at every exit layer too (default: when cfg.layerskip is set; a model
-        trained without the recipe turns it on to show what early exits cost without it)."""
+        trained without the recipe turns it on to show what early exits cost without it).
+        mesh: a (data, model) mesh (specdec.sharding): rows over "data", parameters and optimizer
+        state tensor-parallel over "model" by specdec.sharding's rules (default: a 1-D "data"
+        mesh over `devices`, everything replicated)."""
         self.cfg, self.data, self.progress = cfg, data, progress
-        self.devices = list(devices or jax.devices())
-        if cfg.batch_size % len(self.devices):
+        if mesh is not None:
+            self.devices = list(sharding.check_mesh(mesh).devices.flat)
+            sharding.check_config(cfg.model, mesh, f"config {cfg.name!r}")
+        else:
+            self.devices = list(devices or jax.devices())
+        rows = len(self.devices) if mesh is None else mesh.shape["data"]
+        if cfg.batch_size % rows:
             raise ValueError(
-                f"batch_size={cfg.batch_size} must be a multiple of the {len(self.devices)} devices"
+                f"batch_size={cfg.batch_size} must be a multiple of the {rows} data-parallel "
+                f"devices"
             )
-        self.mesh = Mesh(np.array(self.devices), ("data",))
+        self.mesh = mesh if mesh is not None else Mesh(np.array(self.devices), ("data",))
         self.replicated = NamedSharding(self.mesh, P())
         self.by_row = NamedSharding(self.mesh, P("data"))
         self.dtype = compute_dtype(cfg)
@@ -209,20 +222,33 @@ class Trainer:
         self.unigram = unigram_entropy(data.train, cfg.model.vocab_size)
 
         self.init_from = None if init_from is None else str(init_from)
+        make = lambda: Transformer(
+            cfg.model,
+            rngs=nnx.Rngs(cfg.seed),
+            param_dtype=jnp.float32,
+            dtype=self.dtype,
+            attention="xla",
+            remat=cfg.remat,
+        )
         if init_from is None:
-            module = Transformer(
-                cfg.model,
-                rngs=nnx.Rngs(cfg.seed),
-                param_dtype=jnp.float32,
-                dtype=self.dtype,
-                attention="xla",
-                remat=cfg.remat,
-            )
+            # On a mesh only the abstract module is built here; the state is created sharded.
+            module = make() if mesh is None else nnx.eval_shape(make)
         else:
-            module = _load_initial(init_from, cfg)
+            module = _load_initial(init_from, cfg, mesh)
             module.dtype, module.remat = self.dtype, cfg.remat
         self.model, params = ModelDef.split(module)
-        self.state = jax.device_put(init_state(params, cfg), self.replicated)
+        if mesh is None:
+            self.state_sharding = self.replicated
+            self.state = jax.device_put(init_state(params, cfg), self.replicated)
+        else:
+            fresh = lambda: init_state(ModelDef.split(make())[1], cfg)
+            if init_from is None:
+                self.state_sharding = sharding.param_shardings(jax.eval_shape(fresh), mesh)
+                self.state = sharding.create(fresh, self.state_sharding)
+            else:
+                state = init_state(params, cfg)  # the params are already sharded
+                self.state_sharding = sharding.param_shardings(state, mesh)
+                self.state = jax.device_put(state, self.state_sharding)
 
         self.teacher, self.teacher_params = None, {}
         flops_params = 6 * matmul_params(cfg.model)
@@ -250,7 +276,7 @@ class Trainer:
         exits = tuple(range(1, cfg.model.num_layers + 1)) if self.eval_exits else None
         self._eval_step = jax.jit(
             make_eval_step(self.model, exits),
-            in_shardings=(self.replicated, self.by_row, self.by_row),
+            in_shardings=(self._params_sharding(), self.by_row, self.by_row),
             out_shardings=self.replicated,
         )
 
@@ -269,13 +295,17 @@ class Trainer:
 
     # ---- compilation ------------------------------------------------------------------------
 
+    def _params_sharding(self):
+        replicated = isinstance(self.state_sharding, NamedSharding)
+        return self.state_sharding if replicated else self.state_sharding.params
+
     def _jit_train_step(self):
         return jax.jit(
             make_train_step(self.model, self.cfg, self.teacher),
             donate_argnums=(0,),
             # (state, tokens, lr, teacher_params, total_steps)
-            in_shardings=(self.replicated, self.by_row) + (self.replicated,) * 3,
-            out_shardings=(self.replicated, self.replicated),
+            in_shardings=(self.state_sharding, self.by_row) + (self.replicated,) * 3,
+            out_shardings=(self.state_sharding, self.replicated),
         )
 
     def _compile(self) -> None:
@@ -562,11 +592,12 @@ def _perplexity(loss: float) -> float:
     return math.exp(min(loss, 80.0))  # nan stays nan
 
 
-def _load_initial(directory: str | os.PathLike, cfg: TrainConfig) -> Transformer:
-    """The float32 module of an HF checkpoint directory, checked against cfg.model."""
+def _load_initial(directory: str | os.PathLike, cfg: TrainConfig, mesh=None) -> Transformer:
+    """The float32 module of an HF checkpoint directory (sharded over `mesh` if given), checked
+    against cfg.model."""
     from specdec.checkpoint import load_transformer
 
-    module = load_transformer(directory, dtype=jnp.float32, attention="xla")
+    module = load_transformer(directory, dtype=jnp.float32, attention="xla", mesh=mesh)
     if module.config != cfg.model:
         diff = {
             f.name: (getattr(module.config, f.name), getattr(cfg.model, f.name))
