@@ -8,6 +8,7 @@ from drafters.draft_model import DraftModel
 from drafters.eagle import Eagle
 from drafters.early_exit import EarlyExit
 from drafters.ngram import NGram
+from drafters.quantspec import QuantSpec
 from specdec.contract import DraftContext, Drafter, PrefillInputs, StepOutcome, TargetFeatures
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "EarlyExit",
     "NGram",
     "PrefillInputs",
+    "QuantSpec",
     "StepOutcome",
     "TargetFeatures",
 ]

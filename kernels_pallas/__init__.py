@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from kernels_pallas import tree_attention_mosaic_gpu as _mosaic_gpu
 from kernels_pallas import tree_attention_tpu as _tpu
 from kernels_pallas import tree_attention_triton as _triton
+from kernels_pallas.quant_attention import quant_attention
+from kernels_pallas.quant_reference import quant_attention_reference
 from kernels_pallas.reference import tree_attention_reference
 
 IMPLEMENTATIONS = ("auto", "xla", "pallas", "mosaic_gpu", "triton", "mosaic_tpu")
@@ -105,6 +107,8 @@ def tree_attention(
 
 __all__ = [
     "IMPLEMENTATIONS",
+    "quant_attention",
+    "quant_attention_reference",
     "resolve_implementation",
     "tree_attention",
     "tree_attention_reference",

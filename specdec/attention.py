@@ -1,9 +1,13 @@
 """Attention entry points used by the model; they pick the implementation (XLA or Pallas)."""
 
+import functools
+
 import jax
 
+from kernels_pallas.quant_reference import QuantLayerView
 from kernels_pallas.reference import tree_attention_reference
 from kernels_pallas.tree_common import round_up
+from specdec import sharding
 from specdec.cache import LayerKV
 
 # "interpret" runs the Pallas (Triton) kernel in interpret mode: the CPU tests' way to put the
@@ -32,6 +36,14 @@ def attend(
 
     Dispatches on the type of `kv`, so a cache type with another layout brings its own kernels.
     """
+    if isinstance(kv, QuantLayerView):  # the INT4/INT8 cache (specdec.quant_cache)
+        from kernels_pallas.quant_attention import quant_attention
+
+        interpret = impl == "interpret"
+        implementation = "pallas" if interpret else impl
+        return quant_attention(
+            q, kv, lengths, region_mask, implementation=implementation, interpret=interpret
+        )
     if not isinstance(kv, LayerKV):
         raise TypeError(f"no attention implementation reads a {type(kv).__name__}")
     k_cache, v_cache = kv.k, kv.v
@@ -39,13 +51,16 @@ def attend(
         return tree_attention_reference(q, k_cache, v_cache, lengths, region_mask)
     import kernels_pallas
 
-    if impl == "interpret":
-        return kernels_pallas.tree_attention(
-            q, k_cache, v_cache, lengths, region_mask, implementation="pallas", interpret=True
-        )
-    return kernels_pallas.tree_attention(
-        q, k_cache, v_cache, lengths, region_mask, implementation=impl
+    interpret = impl == "interpret"
+    kernel = functools.partial(
+        kernels_pallas.tree_attention,
+        implementation="pallas" if interpret else impl,
+        interpret=interpret,
     )
+    mesh = sharding.active_mesh()
+    if mesh is not None:  # XLA cannot partition a Pallas call: run it on each device's shard
+        return sharding.attend_per_shard(kernel, q, k_cache, v_cache, lengths, region_mask, mesh)
+    return kernel(q, k_cache, v_cache, lengths, region_mask)
 
 
 def causal_attention(

