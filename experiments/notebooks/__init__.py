@@ -1,0 +1,1 @@
+"""Experiment notebooks (see make_notebooks.py and run_notebooks.py)."""
