@@ -25,6 +25,9 @@ speedup is against plain decoding at the same temperature.
 import argparse
 import json
 import os
+import time
+
+import jax
 
 import specdec
 from drafters import DraftModel
@@ -42,14 +45,13 @@ def chains(budget: int, width: int, children: str, max_depth: int):
     return Static([[i] + [0] * d for i in range(width) for d in range(lengths[i])], children)
 
 
-def candidates(name: str, budget: int, args, acceptance, children: str) -> list:
-    depth = args.max_depth
+def candidates(name: str, budget: int, depth: int, widths, acceptance, children: str) -> list:
     if name == "Chain":
         mode = "top" if children == "top" else "sample"  # sampled: Leviathan / Chen
         return [Chain(budget - 1, mode)] if budget - 1 <= depth else []
     if name in ("Static", "RSD-C"):
         children = "top" if name == "Static" else "sample_without_replacement"
-        return [p for w in WIDTHS if (p := chains(budget, w, children, depth)) is not None]
+        return [p for w in widths if (p := chains(budget, w, children, depth)) is not None]
     if name == "Dynamic":
         for k in (4, 8, 16):
             if budget <= 1 + k + (depth - 1) * k * k:
@@ -58,7 +60,7 @@ def candidates(name: str, budget: int, args, acceptance, children: str) -> list:
     if name == "Sequoia":
         return [Sequoia(budget, acceptance, children, depth=depth)]
     if name == "RSD-S":
-        return [StochasticBeam(w, min(depth, (budget - 1) // w)) for w in WIDTHS if budget - 1 >= w]
+        return [StochasticBeam(w, min(depth, (budget - 1) // w)) for w in widths if budget - 1 >= w]
     if name == "SpecExec":
         return [SpecExec(budget, max_beams=min(32, max(1, budget // 4)), max_branch_width=8)]
     raise ValueError(name)
@@ -69,6 +71,116 @@ def run(target, prompts, max_new, eos, **kwargs) -> specdec.GenerateOutput:
     return specdec.generate(
         target, prompts, max_new_tokens=max_new, eos_token_id=eos, seed=1, **kwargs
     )
+
+
+def verify_roofline_ms(target, nodes: int, context: int, ceiling_bytes_s: float, peak_flops: float):
+    """Lower bound of one verify forward of `nodes` tokens at `context` cached tokens: the larger
+    of reading the weights + the cache once at `ceiling_bytes_s` and 2 N nodes FLOPs at
+    `peak_flops` (attention FLOPs over the context included)."""
+    cfg = target.config
+    leaves = jax.tree.leaves(target.net)
+    weight_bytes = sum(x.size * x.dtype.itemsize for x in leaves)
+    params = sum(x.size for x in leaves) - cfg.vocab_size * cfg.hidden_size * (
+        0 if cfg.tie_word_embeddings else 1
+    )  # the input embedding is a lookup
+    kv = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim
+    kv_bytes = kv * (context + nodes) * leaves[0].dtype.itemsize
+    attn_flops = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * nodes * (context + nodes)
+    flops = 2 * params * nodes + attn_flops
+    return 1e3 * max((weight_bytes + kv_bytes) / ceiling_bytes_s, flops / peak_flops)
+
+
+def table(rows) -> str:
+    lines = [
+        "| T | budget | policy | nodes | tau | verify ms | roofline ms | tok/s | speedup |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['temperature']:g} | {r['budget']} | {r['policy']} | {r['nodes']} | {r['tau']:.2f} "
+        f"| {r['verify_ms']:.3f} | {r['roofline_ms']:.3f} | {r['tokens_per_s']:,.1f} "
+        f"| {r['speedup']:.2f}x |"
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def compare_policies(
+    target,
+    drafter,
+    prompts,
+    *,
+    budgets=(8, 16, 32),
+    specexec=(),
+    temperatures=(0.0, 1.0),
+    max_depth: int = 8,
+    max_new: int = 64,
+    widths=WIDTHS,
+    deadline: float = float("inf"),
+    ceiling_bytes_s: float = 4.24e12,
+    peak_flops: float = 790e12,
+    on_rows=lambda rows, table: None,
+) -> dict:
+    """Every policy at every budget and temperature (see the module docstring); returns
+    {"rows": [...], "table": markdown, "acceptance": {T: per-rank acceptance}}."""
+    eos = target.tokenizer.eos_token_ids
+    context = max(len(p) for p in prompts) + max_new // 2  # the mean cache length, roughly
+    rows, acceptances = [], {}
+    for temperature in temperatures:
+        sampling = dict(temperature=temperature)
+        plain = run(target, prompts, max_new, eos, **sampling)
+        children = "top" if temperature == 0 else "sample_without_replacement"
+        acceptance = measure_acceptance(
+            target, drafter, prompts, width=8, children=children, max_new_tokens=max_new,
+            **sampling,
+        )  # fmt: skip
+        acceptances[temperature] = list(acceptance)
+        print(f"T={temperature}: plain {plain.stats.summary()}; acceptance {acceptance}")
+        for budget in sorted({*budgets, *specexec}):
+            if time.perf_counter() > deadline:
+                print(f"deadline: skipping budget {budget} at T={temperature}", flush=True)
+                break
+            names = ["SpecExec"]
+            if budget in budgets:
+                names = ["Chain", "Static", "Dynamic", "Sequoia", "RSD-C", "RSD-S", "SpecExec"]
+            _, verify = measure_step_times(
+                target, drafter, prompts, [budget], acceptance, max_new_tokens=16, repeats=1
+            )[budget]
+            for name in names:
+                if temperature == 0 and name in ("RSD-C", "RSD-S"):
+                    continue  # ranked at temperature 0: the same trees as Static / beam search
+                best = None
+                for policy in candidates(name, budget, max_depth, widths, acceptance, children):
+                    out = run(target, prompts, max_new, eos, drafter=drafter, policy=policy,
+                              **sampling)  # fmt: skip
+                    if best is None or out.stats.tau > best[1].stats.tau:
+                        best = (policy, out)
+                if best is None:
+                    continue
+                policy, out = best
+                row = dict(
+                    temperature=temperature,
+                    budget=budget,
+                    policy=name,
+                    nodes=policy.max_nodes,
+                    config=repr(policy)[:80],
+                    tau=out.stats.tau,
+                    verify_ms=verify * 1e3,
+                    roofline_ms=verify_roofline_ms(
+                        target, budget, context, ceiling_bytes_s, peak_flops
+                    ),
+                    tokens_per_s=out.stats.tokens_per_second,
+                    speedup=out.stats.tokens_per_second / plain.stats.tokens_per_second,
+                )
+                rows.append(row)
+                on_rows(rows, table(rows))
+                print(
+                    f"  T={temperature} budget {budget:5d} {name:9s} nodes {row['nodes']:5d} "
+                    f"tau {row['tau']:.2f} verify {row['verify_ms']:.2f} ms (roofline "
+                    f"{row['roofline_ms']:.3f}) {row['tokens_per_s']:.1f} tok/s "
+                    f"{row['speedup']:.2f}x",
+                    flush=True,
+                )
+    return {"rows": rows, "table": table(rows), "acceptance": acceptances}
 
 
 def main() -> None:
@@ -95,82 +207,22 @@ def main() -> None:
     load = lambda d: specdec.load(d, dtype=args.dtype, attention=args.attention)
     target, draft = load(target_dir), load(draft_dir)
     _, prompts = pick_prompts(target.tokenizer, n_chat=max(1, args.prompts - 1))
-    eos = target.tokenizer.eos_token_ids
-    drafter = DraftModel(draft)
-
-    rows = []
-    for temperature in args.temperatures:
-        sampling = dict(temperature=temperature)
-        plain = run(target, prompts, args.max_new, eos, **sampling)
-        children = "top" if temperature == 0 else "sample_without_replacement"
-        acceptance = measure_acceptance(
-            target,
-            drafter,
-            prompts,
-            width=8,
-            children=children,
-            max_new_tokens=args.max_new,
-            **sampling,
-        )
-        print(f"T={temperature}: plain {plain.stats.summary()}; acceptance {acceptance}")
-        for budget in sorted({*args.budgets, *args.specexec}):
-            names = ["SpecExec"]
-            if budget in args.budgets:
-                names = ["Chain", "Static", "Dynamic", "Sequoia", "RSD-C", "RSD-S", "SpecExec"]
-            _, verify = measure_step_times(
-                target, drafter, prompts, [budget], acceptance, max_new_tokens=16, repeats=1
-            )[budget]
-            for name in names:
-                if temperature == 0 and name in ("RSD-C", "RSD-S"):
-                    continue  # ranked at temperature 0: the same trees as Static / beam search
-                best = None
-                for policy in candidates(name, budget, args, acceptance, children):
-                    out = run(
-                        target,
-                        prompts,
-                        args.max_new,
-                        eos,
-                        drafter=drafter,
-                        policy=policy,
-                        **sampling,
-                    )
-                    if best is None or out.stats.tau > best[1].stats.tau:
-                        best = (policy, out)
-                if best is None:
-                    continue
-                policy, out = best
-                row = dict(
-                    temperature=temperature,
-                    budget=budget,
-                    policy=name,
-                    nodes=policy.max_nodes,
-                    config=repr(policy)[:80],
-                    tau=out.stats.tau,
-                    verify_ms=verify * 1e3,
-                    tokens_per_s=out.stats.tokens_per_second,
-                    speedup=out.stats.tokens_per_second / plain.stats.tokens_per_second,
-                )
-                rows.append(row)
-                print(
-                    f"  T={temperature} budget {budget:5d} {name:9s} nodes {row['nodes']:5d} "
-                    f"tau {row['tau']:.2f} verify {row['verify_ms']:.2f} ms "
-                    f"{row['tokens_per_s']:.1f} tok/s {row['speedup']:.2f}x",
-                    flush=True,
-                )
-    table = [
-        "| T | budget | policy | nodes | tau | verify ms | tok/s | speedup |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ] + [
-        f"| {r['temperature']} | {r['budget']} | {r['policy']} | {r['nodes']} | {r['tau']:.2f} | "
-        f"{r['verify_ms']:.2f} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x |"
-        for r in rows
-    ]
-    print("\n".join(table))
+    result = compare_policies(
+        target,
+        DraftModel(draft),
+        prompts,
+        budgets=args.budgets,
+        specexec=args.specexec,
+        temperatures=args.temperatures,
+        max_depth=args.max_depth,
+        max_new=args.max_new,
+    )
+    print(result["table"])
     if args.out:
         with open(os.path.join(args.out, "bench_policies.md"), "w") as f:
-            f.write("\n".join(table) + "\n")
+            f.write(result["table"] + "\n")
         with open(os.path.join(args.out, "bench_policies.json"), "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
