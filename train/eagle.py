@@ -267,7 +267,9 @@ class EagleResult:
             f"{self.initial_heldout_loss:.4f}); held-out top-1 agreement by step [{acc}]; "
             f"{self.tokens_per_second:,.0f} positions/s; draft vocab {self.draft_vocab}; "
             f"{'assistant tokens' if self.masked else 'all tokens (no chat format)'}; "
-            f"{self.devices} device(s); wall {self.wall_seconds:.0f}s"
+            f"{self.devices} device(s); {self.compile_seconds:.0f}s to the first step (compiles, "
+            f"initial evaluation) of wall "
+            f"{self.wall_seconds:.0f}s"
         )
 
 
