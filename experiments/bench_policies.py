@@ -32,7 +32,7 @@ import jax
 import specdec
 from drafters import DraftModel
 from trees import Chain, Dynamic, Sequoia, SpecExec, Static, StochasticBeam, measure_acceptance
-from trees.measure import measure_step_times
+from trees.measure import _FreeDrafter
 
 WIDTHS = (1, 2, 4, 8)
 
@@ -90,6 +90,17 @@ def verify_roofline_ms(target, nodes: int, context: int, ceiling_bytes_s: float,
     return 1e3 * max((weight_bytes + kv_bytes) / ceiling_bytes_s, flops / peak_flops)
 
 
+def measure_verify_seconds(target, prompts, budget: int, acceptance, max_new: int = 16) -> float:
+    """Seconds per step of greedy decoding with a free drafter (zero logits, no forward) on the
+    Sequoia tree of `budget` nodes: the target's verify forward plus the step's fixed work."""
+    policy = Sequoia(budget, tuple(acceptance))
+    free = _FreeDrafter(target.config.vocab_size)
+    kwargs = dict(max_new_tokens=max_new, drafter=free, policy=policy)
+    specdec.generate(target, prompts, **kwargs)  # compiles
+    out = specdec.generate(target, prompts, **kwargs)
+    return out.stats.wall_seconds / max(out.stats.target_forwards, 1)
+
+
 def table(rows) -> str:
     lines = [
         "| T | budget | policy | nodes | tau | verify ms | roofline ms | tok/s | speedup |",
@@ -119,12 +130,17 @@ def compare_policies(
     ceiling_bytes_s: float = 4.24e12,
     peak_flops: float = 790e12,
     on_rows=lambda rows, table: None,
+    rows=None,
 ) -> dict:
     """Every policy at every budget and temperature (see the module docstring); returns
-    {"rows": [...], "table": markdown, "acceptance": {T: per-rank acceptance}}."""
+    {"rows": [...], "table": markdown, "acceptance": {T: per-rank acceptance}}. Rows already in
+    `rows` (a previous, cut-off call) are kept and not rerun. The verify time of a budget is
+    measured once (greedy, a free drafter on the Sequoia tree) and shared by both temperatures."""
     eos = target.tokenizer.eos_token_ids
     context = max(len(p) for p in prompts) + max_new // 2  # the mean cache length, roughly
-    rows, acceptances = [], {}
+    rows, acceptances, verify_s = list(rows or []), {}, {}
+    have = {(r["temperature"], r["budget"], r["policy"]) for r in rows}
+    verify_s.update({r["budget"]: r["verify_ms"] / 1e3 for r in rows})
     for temperature in temperatures:
         sampling = dict(temperature=temperature)
         plain = run(target, prompts, max_new, eos, **sampling)
@@ -142,12 +158,15 @@ def compare_policies(
             names = ["SpecExec"]
             if budget in budgets:
                 names = ["Chain", "Static", "Dynamic", "Sequoia", "RSD-C", "RSD-S", "SpecExec"]
-            _, verify = measure_step_times(
-                target, drafter, prompts, [budget], acceptance, max_new_tokens=16, repeats=1
-            )[budget]
+            names = [n for n in names if (temperature, budget, n) not in have]
+            if temperature == 0:  # ranked at temperature 0: the same trees as Static / beam search
+                names = [n for n in names if n not in ("RSD-C", "RSD-S")]
+            if not names:
+                continue
+            if budget not in verify_s:
+                verify_s[budget] = measure_verify_seconds(target, prompts, budget, acceptance)
+            verify = verify_s[budget]
             for name in names:
-                if temperature == 0 and name in ("RSD-C", "RSD-S"):
-                    continue  # ranked at temperature 0: the same trees as Static / beam search
                 best = None
                 for policy in candidates(name, budget, max_depth, widths, acceptance, children):
                     out = run(target, prompts, max_new, eos, drafter=drafter, policy=policy,

@@ -183,8 +183,9 @@ def markdown(d: dict) -> str:
         for name, ppl in d["exits"].items():
             lines.append(f"- {name}: " + ", ".join(f"E{i + 1} {p:.1f}" for i, p in enumerate(ppl)))
         lines.append("")
-    if d.get("policies"):
-        lines += ["## Tree policies (issue 13)", "", d["policies"].get("table", ""), ""]
+    for key, title in (("policies", "DraftModel"), ("policies_eagle3", "EAGLE-3 head")):
+        if d.get(key):
+            lines += [f"## Tree policies (issue 13), {title}", "", d[key].get("table", ""), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -602,28 +603,41 @@ class Session:
         )
 
     def policies(self):
+        """Issue 13 on the pair; then, where an EAGLE-3 head was trained, on the head (a subset).
+        A second call resumes: rows already in the results are not rerun."""
         from experiments.bench_policies import compare_policies
 
+        smoke = self.s.smoke
         target = specdec.load(self.dirs["target"])  # default attention: the kernel on GPU
-        drafter = DraftModel(specdec.load(self.dirs["draft"], attention="xla"))
         sets = self._sets(target)
-        prompts = sets["ShareGPT"][: 4 if not self.s.smoke else 2]
-        budgets = (8, 16, 32, 64, 128) if not self.s.smoke else (4, 8)
-        specexec = (256, 512, 1024) if not self.s.smoke else (16,)
-        result = compare_policies(
-            target,
-            drafter,
-            prompts,
-            budgets=budgets,
-            specexec=specexec,
-            temperatures=(0.0, 1.0),
-            max_depth=8 if not self.s.smoke else 3,
-            max_new=64 if not self.s.smoke else 8,
-            widths=(1, 4) if not self.s.smoke else (1, 2),
-            deadline=self.deadline - 15,
-            on_rows=lambda rows, table: self.results.set("policies", dict(rows=rows, table=table)),
-        )
-        self.results.set("policies", result)
+        prompts = sets["ShareGPT"][: 4 if not smoke else 2]
+        runs = [("policies", DraftModel(specdec.load(self.dirs["draft"], attention="xla")),
+                 (8, 16, 32, 64, 128) if not smoke else (4, 8),
+                 (256, 512, 1024) if not smoke else (16,))]  # fmt: skip
+        if (self.dirs["eagle3"] / "config.json").is_file():
+            head = Eagle.load(self.dirs["eagle3"], target)
+            runs.append(("policies_eagle3", head, (16, 64) if not smoke else (4,), ()))
+        for key, drafter, budgets, specexec in runs:
+            done = (self.results.data.get(key) or {}).get("rows")
+
+            def save(rows, table, key=key):
+                self.results.set(key, dict(rows=rows, table=table))
+
+            result = compare_policies(
+                target,
+                drafter,
+                prompts,
+                budgets=budgets,
+                specexec=specexec,
+                temperatures=(0.0, 1.0),
+                max_depth=8 if not smoke else 3,
+                max_new=64 if not smoke else 8,
+                widths=(1, 4) if not smoke else (1, 2),
+                deadline=self.deadline - 15,
+                on_rows=save,
+                rows=done,
+            )
+            self.results.set(key, result)
 
     PHASES = (
         "data",
