@@ -21,7 +21,7 @@ from pathlib import Path
 
 from drafters import DraftModel
 from experiments.scaling import common
-from experiments.scaling.fit import bootstrap_log_linear
+from experiments.scaling.fit import fit_per_drafter
 from experiments.scaling.training_tokens import draft_config, evaluate
 
 NAME = "capacity"
@@ -43,17 +43,8 @@ def widened(cfg, width: int):
 
 
 def fits(rows: list[dict]) -> dict:
-    out = {}
-    for name in sorted({r["drafter"] for r in rows}):
-        mine = [r for r in rows if r["drafter"] == name]
-        if len({r["params"] for r in mine}) >= 2:
-            law = bootstrap_log_linear(
-                [r["params"] for r in mine],
-                [r["emitted"] for r in mine],
-                [r["forwards"] for r in mine],
-            )
-            out[name] = law.to_dict() | {"text": law.describe("tau", "params")}
-    return out
+    """{drafter: fitted law} of tau against params (drafters with two or more points)."""
+    return fit_per_drafter(rows, "params", "params")
 
 
 def run(pair: common.Pair, args) -> common.Recorder:

@@ -128,3 +128,19 @@ def bootstrap_log_linear(
         level=level,
         replicates=replicates,
     )
+
+
+def fit_per_drafter(rows: list[dict], x_key: str, x_label: str) -> dict:
+    """{drafter: fitted law of tau against rows' `x_key`} for every drafter with at least two
+    distinct x values (rows carry per-prompt `emitted` and `forwards` counts)."""
+    out = {}
+    for name in sorted({r["drafter"] for r in rows}):
+        mine = [r for r in rows if r["drafter"] == name]
+        if len({r[x_key] for r in mine}) >= 2:
+            law = bootstrap_log_linear(
+                [r[x_key] for r in mine],
+                [r["emitted"] for r in mine],
+                [r["forwards"] for r in mine],
+            )
+            out[name] = law.to_dict() | {"text": law.describe("tau", x_label)}
+    return out

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from drafters import DraftModel
 from experiments.scaling import common
-from experiments.scaling.fit import bootstrap_log_linear
+from experiments.scaling.fit import fit_per_drafter
 from trees import Chain
 
 NAME = "training_tokens"
@@ -52,18 +52,8 @@ def evaluate(pair, ids, drafter, args) -> dict:
 
 
 def fits(rows: list[dict]) -> dict:
-    """{drafter: fitted law} over its rows (where at least two distinct token counts exist)."""
-    out = {}
-    for name in sorted({r["drafter"] for r in rows}):
-        mine = [r for r in rows if r["drafter"] == name]
-        if len({r["train_tokens"] for r in mine}) >= 2:
-            law = bootstrap_log_linear(
-                [r["train_tokens"] for r in mine],
-                [r["emitted"] for r in mine],
-                [r["forwards"] for r in mine],
-            )
-            out[name] = law.to_dict() | {"text": law.describe("tau", "training tokens")}
-    return out
+    """{drafter: fitted law} of tau against training tokens (drafters with two or more points)."""
+    return fit_per_drafter(rows, "train_tokens", "training tokens")
 
 
 def run(pair: common.Pair, args) -> common.Recorder:
