@@ -51,6 +51,10 @@ class DraftModel(Drafter):
     def default_policy(self) -> Policy:
         return Chain(4)
 
+    def draft_cost(self, target_config) -> float:
+        """Parameters read per forward, draft over target."""
+        return self.net.config.num_params() / target_config.num_params()
+
     def check(self, target_config, target_tokenizer, policy):
         super().check(target_config, target_tokenizer, policy)
         if (

@@ -368,6 +368,10 @@ class Eagle(Drafter):
     def default_policy(self) -> Policy:
         return Static(DEFAULT_TREE)
 
+    def draft_cost(self, target_config) -> float:
+        """Head layers over target layers (the head is one decoder layer or a few)."""
+        return len(self.head.module().layers) / target_config.num_layers
+
     @staticmethod
     def catch_up_width(policy: Policy) -> int:
         # A step commits the root plus at most max_depth accepted drafts.

@@ -55,6 +55,10 @@ class EarlyExit(Drafter):
     def default_policy(self) -> Policy:
         return Chain(4)
 
+    def draft_cost(self, target_config) -> float:
+        """E / L: a draft level runs the first E of the target's L layers."""
+        return self.exit_layer / target_config.num_layers
+
     def check(self, target_config, target_tokenizer, policy):
         super().check(target_config, target_tokenizer, policy)
         if self.reuse and policy.renumbers_nodes:

@@ -50,6 +50,10 @@ class NGram(Drafter):
     def default_policy(self) -> Policy:
         return Chain(4)
 
+    def draft_cost(self, target_config) -> float:
+        """A lookup in the history: no forward."""
+        return 0.0
+
     def init_state(self, batch, capacity, policy):
         return ()
 

@@ -151,6 +151,11 @@ class Drafter(abc.ABC):
         """The tree policy `generate` uses when the caller gives none."""
         raise ValueError(f"{type(self).__name__} proposes no default policy: pass policy=...")
 
+    def draft_cost(self, target_config) -> float | None:
+        """Estimated cost of one draft level in target forwards (from sizes, not a timing), for
+        policies that trade draft length against cost (`trees.Adaptive`); None: unknown."""
+        return None
+
     def check(self, target_config, target_tokenizer, policy: "Policy") -> None:
         """Raise ValueError if this drafter cannot serve `policy` for this target."""
         if self.vocab_size is not None and self.vocab_size != target_config.vocab_size:
@@ -238,6 +243,11 @@ class Policy(abc.ABC):
 
     def check(self, vocab_size: int) -> None:  # noqa: B027 (optional hook, no-op by default)
         """Raise ValueError if this policy cannot draft over a vocabulary of vocab_size tokens."""
+
+    def bind(self, drafter: "Drafter", target_config) -> "Policy":
+        """This policy with settings left to the drafter resolved (called by `generate` before
+        compiling, e.g. `Adaptive`'s draft cost). Default: unchanged."""
+        return self
 
     def init_state(self, batch: int) -> Any:
         """State kept across steps (a bandit's posterior, measured acceptance). Default: none."""

@@ -10,7 +10,7 @@ from stats import stat_pvalue
 from stepping import run_steps
 
 import specdec
-from drafters import DraftModel, EarlyExit
+from drafters import DraftModel, Eagle, EarlyExit
 from specdec.contract import Drafter
 from trees import Adaptive
 
@@ -124,3 +124,23 @@ def test_adaptive_keeps_the_target_distribution(vocab4_target, policy, sampling)
     pvalue, tau = stat_pvalue(vocab4_target, DraftModel(draft), policy, **sampling)
     assert pvalue > 1e-3, f"p={pvalue:.3g}"
     assert tau > 1.05
+
+
+def test_thompson_takes_the_drafters_cost_estimate_unless_given(llama, tiny_draft):
+    cfg = llama.config
+    bound = Adaptive(4).bind(EarlyExit(1), cfg)
+    assert bound.draft_cost == pytest.approx(1 / cfg.num_layers)
+    draft = DraftModel(tiny_draft)
+    ratio = tiny_draft.config.num_params() / cfg.num_params()
+    assert Adaptive(4).bind(draft, cfg).draft_cost == pytest.approx(ratio)
+    head = Eagle.random(llama, version=1, seed=0)
+    assert Adaptive(4).bind(head, cfg).draft_cost == pytest.approx(1 / cfg.num_layers)
+    assert Adaptive(4, draft_cost=0.3).bind(draft, cfg).draft_cost == 0.3  # the caller's wins
+    assert Adaptive(4, method="confidence").bind(draft, cfg).draft_cost is None  # unused there
+    with pytest.raises(ValueError, match="draft_cost"):
+        Adaptive(4, draft_cost=-1.0)
+    # generate binds before compiling: the bound policy decodes like plain greedy decoding.
+    ids = [[1, 2, 3, 4], [5, 6]]
+    plain = specdec.generate(llama, ids, max_new_tokens=12)
+    out = specdec.generate(llama, ids, max_new_tokens=12, drafter=EarlyExit(1), policy=Adaptive(4))
+    assert out.sequences() == plain.sequences()

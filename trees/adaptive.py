@@ -7,7 +7,8 @@ fixed tree is.
 
 - "thompson" (EESD, Liu et al. 2024): each row keeps a Beta(a, b) posterior over its per-token
   acceptance rate r. Each step it samples r ~ Beta(a, b) and drafts the length k in [1, depth]
-  that maximises expected tokens per unit of cost, (1 - r^(k+1)) / (1 - r) / (1 + draft_cost k),
+  that maximises expected tokens per unit of cost, (1 - r^(k+1)) / (1 - r) / (1 + draft_cost k)
+  (draft_cost: the caller's, else the drafter's size-based estimate `Drafter.draft_cost`),
   then updates the posterior with the verdict: n accepted drafts are n successes, and a rejection
   (n < k) one failure.
 - "confidence" (in the spirit of SpecDec++): keep drafting while the product of the draft's
@@ -28,6 +29,7 @@ from specdec.sampling import probabilities, sample
 from specdec.tree import ChildKind, DraftTree
 
 METHODS = ("thompson", "confidence")
+DEFAULT_DRAFT_COST = 0.1  # a draft level's cost when neither the caller nor the drafter says
 
 
 @jax.tree_util.register_dataclass
@@ -45,7 +47,9 @@ class Adaptive(Policy):
 
     depth: int = 8  # longest chain
     method: str = "thompson"
-    draft_cost: float = 0.1  # thompson: one draft forward's cost in target forwards
+    #: thompson: one draft level's cost in target forwards; None: the drafter's estimate
+    #: (`Drafter.draft_cost`, e.g. E / L for EarlyExit(E)), DEFAULT_DRAFT_COST if it has none
+    draft_cost: float | None = None
     threshold: float = 0.4  # confidence: stop once P(whole draft accepted) estimate < threshold
     prior: tuple[float, float] = (1.0, 1.0)  # thompson: Beta prior (successes, failures)
     children: str = "top"  # "top": the draft's argmax; "sample": a draw from q (Leviathan)
@@ -59,7 +63,7 @@ class Adaptive(Policy):
             raise ValueError(
                 f"Adaptive chains take children 'top' or 'sample', got {self.children!r}"
             )
-        if not 0.0 <= float(self.draft_cost) < 1e6:
+        if self.draft_cost is not None and not 0.0 <= float(self.draft_cost) < 1e6:
             raise ValueError(f"draft_cost must be a number in [0, 1e6), got {self.draft_cost!r}")
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")
@@ -78,6 +82,13 @@ class Adaptive(Policy):
     def max_leaves(self) -> int:
         return 1
 
+    def bind(self, drafter, target_config) -> "Adaptive":
+        """Take the drafter's cost estimate when the caller gave no `draft_cost`."""
+        if self.draft_cost is not None or self.method != "thompson":
+            return self
+        cost = drafter.draft_cost(target_config)
+        return self if cost is None else dataclasses.replace(self, draft_cost=float(cost))
+
     def init_state(self, batch: int) -> LengthPosterior:
         return LengthPosterior(
             successes=jnp.full((batch,), self.prior[0], jnp.float32),
@@ -90,7 +101,8 @@ class Adaptive(Policy):
         rate = jnp.clip(rate, 0.0, 1.0 - 1e-6)
         k = jnp.arange(1, self.depth + 1, dtype=jnp.float32)  # [K]
         expected = (1.0 - rate[:, None] ** (k + 1)) / (1.0 - rate[:, None])  # [B, K] tokens
-        score = expected / (1.0 + self.draft_cost * k)
+        cost = DEFAULT_DRAFT_COST if self.draft_cost is None else self.draft_cost
+        score = expected / (1.0 + cost * k)
         return (jnp.argmax(score, axis=1) + 1).astype(jnp.int32)
 
     def build(self, expander, state, root, params, key, policy_state=()):

@@ -174,6 +174,7 @@ def prepare(
         policy = policy if policy is not None else drafter.default_policy()
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be a trees policy, got {type(policy).__name__}")
+        policy = policy.bind(drafter, cfg)  # settings left to the drafter (Adaptive's cost)
         policy.check(cfg.vocab_size)
         drafter.check(cfg, model.tokenizer, policy)
     tree_nodes = policy.max_nodes if drafter is not None else 1
