@@ -131,22 +131,8 @@ Fit: tau = a + b log10(tokens), 95% intervals from resampling prompts (paired ac
 """,
         """\
 fig, ax = plt.subplots(figsize=(8, 5))
-laws = {}
-for k, name in enumerate(dict.fromkeys(r["drafter"] for r in rows)):
-    sel = sorted((r for r in rows if r["drafter"] == name), key=lambda r: r["train_tokens"])
-    x = np.array([r["train_tokens"] for r in sel], float)
-    num, den = [r["emitted"] for r in sel], [r["forwards"] for r in sel]
-    tau, ci = fit.ratio_points(num, den), fit.ratio_ci(num, den)
-    ax.errorbar(x, tau, yerr=[tau - ci[:, 0], ci[:, 1] - tau], fmt="o", color=f"C{k}", capsize=2)
-    if len(set(x)) >= 2:
-        laws[name] = law = fit.bootstrap_log_linear(x, num, den)
-        grid = np.geomspace(x.min(), x.max(), 50)
-        label = f"{name}: b = {law.slope:.3f} [{law.slope_ci[0]:.3f}, {law.slope_ci[1]:.3f}]"
-        ax.plot(grid, law.predict(grid), "-", color=f"C{k}", label=label)
-ax.set_xscale("log")
+laws = fit.plot_law(ax, rows, "train_tokens")
 ax.set_xlabel("draft training tokens (steps x batch x sequence length)")
-ax.set_ylabel("tau (tokens per target forward, bonus included)")
-ax.grid(alpha=0.3)
 ax.legend(fontsize=8, title="tau = a + b log10(tokens), 95% CI")
 fig.suptitle(common.caption(meta, policy=meta["policy"], batch=meta["batch"]), fontsize=8)
 fig.tight_layout()
@@ -168,22 +154,8 @@ at T = 0; fit tau = a + b log10(params), 95% intervals from resampling prompts.
 """,
         """\
 fig, ax = plt.subplots(figsize=(8, 5))
-laws = {}
-for k, name in enumerate(dict.fromkeys(r["drafter"] for r in rows)):
-    sel = sorted((r for r in rows if r["drafter"] == name), key=lambda r: r["params"])
-    x = np.array([r["params"] for r in sel], float)
-    num, den = [r["emitted"] for r in sel], [r["forwards"] for r in sel]
-    tau, ci = fit.ratio_points(num, den), fit.ratio_ci(num, den)
-    ax.errorbar(x, tau, yerr=[tau - ci[:, 0], ci[:, 1] - tau], fmt="o", color=f"C{k}", capsize=2)
-    if len(set(x)) >= 2:
-        laws[name] = law = fit.bootstrap_log_linear(x, num, den)
-        grid = np.geomspace(x.min(), x.max(), 50)
-        label = f"{name}: b = {law.slope:.3f} [{law.slope_ci[0]:.3f}, {law.slope_ci[1]:.3f}]"
-        ax.plot(grid, law.predict(grid), "-", color=f"C{k}", label=label)
-ax.set_xscale("log")
+laws = fit.plot_law(ax, rows, "params")
 ax.set_xlabel("draft trainable parameters")
-ax.set_ylabel("tau (tokens per target forward, bonus included)")
-ax.grid(alpha=0.3)
 ax.legend(fontsize=8, title="tau = a + b log10(params), 95% CI")
 fig.suptitle(common.caption(meta, policy=meta["policy"], batch=meta["batch"]), fontsize=8)
 fig.tight_layout()

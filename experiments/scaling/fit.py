@@ -144,3 +144,25 @@ def fit_per_drafter(rows: list[dict], x_key: str, x_label: str) -> dict:
             )
             out[name] = law.to_dict() | {"text": law.describe("tau", x_label)}
     return out
+
+
+def plot_law(ax, rows: list[dict], x_key: str) -> dict:
+    """Per drafter: tau at each `x_key` value with its 95% interval, and the fitted law as a line
+    (drafters with two or more x values) on a log x axis of `ax`; returns {drafter: law}."""
+    laws = {}
+    for k, name in enumerate(dict.fromkeys(r["drafter"] for r in rows)):
+        sel = sorted((r for r in rows if r["drafter"] == name), key=lambda r: r[x_key])
+        x = np.array([r[x_key] for r in sel], float)
+        num, den = [r["emitted"] for r in sel], [r["forwards"] for r in sel]
+        tau, ci = ratio_points(num, den), ratio_ci(num, den)
+        yerr = [tau - ci[:, 0], ci[:, 1] - tau]
+        ax.errorbar(x, tau, yerr=yerr, fmt="o", color=f"C{k}", capsize=2)
+        if len(set(x)) >= 2:
+            laws[name] = law = bootstrap_log_linear(x, num, den)
+            grid = np.geomspace(x.min(), x.max(), 50)
+            label = f"{name}: b = {law.slope:.3f} [{law.slope_ci[0]:.3f}, {law.slope_ci[1]:.3f}]"
+            ax.plot(grid, law.predict(grid), "-", color=f"C{k}", label=label)
+    ax.set_xscale("log")
+    ax.set_ylabel("tau (tokens per target forward, bonus included)")
+    ax.grid(alpha=0.3)
+    return laws
