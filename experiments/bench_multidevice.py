@@ -264,14 +264,20 @@ def main() -> None:
     report.write()
 
     built = time.perf_counter()
-    one = specdec.Model.random(cfg, seed=0, dtype=dtype, attention=args.attention)
-    tp = specdec.Model.random(cfg, seed=0, dtype=dtype, attention=args.attention, mesh=mesh)
+
+    def build(what, config, seed, mesh=None):
+        model = specdec.Model.random(
+            config, seed=seed, dtype=dtype, attention=args.attention, mesh=mesh
+        )
+        jax.block_until_ready(model.net)
+        print(f"[{time.perf_counter() - start:6.1f}s] built {what}", flush=True)
+        return model
+
+    one = build("target, one device", cfg, 0)
+    tp = build(f"target, TP={args.tp}", cfg, 0, mesh)
     draft_cfg = draft_config(cfg, args.smoke)
-    draft_one = specdec.Model.random(draft_cfg, seed=1, dtype=dtype, attention=args.attention)
-    draft_tp = specdec.Model.random(
-        draft_cfg, seed=1, dtype=dtype, attention=args.attention, mesh=mesh
-    )
-    jax.block_until_ready((one.net, tp.net, draft_one.net, draft_tp.net))
+    draft_one = build("draft, one device", draft_cfg, 1)
+    draft_tp = build(f"draft, TP={args.tp}", draft_cfg, 1, mesh)
     report.meta["build_s"] = round(time.perf_counter() - built, 1)
     print(f"{one}\n{tp}\nbuilt in {report.meta['build_s']}s", flush=True)
 
@@ -307,6 +313,7 @@ def main() -> None:
                     step_ms=step * 1e3,
                     decode_tok_s=batch * out.stats.tau / step,
                     end_to_end_tok_s=out.stats.tokens_per_second,
+                    at_s=round(time.perf_counter() - start, 1),  # progress: seconds into the run
                 )
                 if base is None:
                     base, base_tokens = row, out.tokens

@@ -23,6 +23,8 @@ speedup is against plain decoding at the same temperature.
 """
 
 import argparse
+import concurrent.futures
+import functools
 import json
 import os
 import time
@@ -71,6 +73,23 @@ def run(target, prompts, max_new, eos, **kwargs) -> specdec.GenerateOutput:
     return specdec.generate(
         target, prompts, max_new_tokens=max_new, eos_token_id=eos, seed=1, **kwargs
     )
+
+
+def warm_up(calls, workers: int, deadline: float = float("inf")) -> float:
+    """Run every `calls` thunk once (compiling its decode loop) on `workers` threads; seconds.
+    XLA's backend compiles outside the GIL (tracing and lowering do not), so a grid of trees
+    compiles faster than one by one; the timed runs then reuse the compiled loops. Calls not
+    started by `deadline` are skipped."""
+    start = time.perf_counter()
+
+    def call_unless_late(call):
+        if time.perf_counter() < deadline:
+            call()
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        for future in [pool.submit(call_unless_late, call) for call in calls]:
+            future.result()  # re-raises a failed compile here
+    return time.perf_counter() - start
 
 
 def verify_roofline_ms(target, nodes: int, context: int, ceiling_bytes_s: float, peak_flops: float):
@@ -131,17 +150,22 @@ def compare_policies(
     peak_flops: float = 790e12,
     on_rows=lambda rows, table: None,
     rows=None,
+    compile_workers: int = 1,
 ) -> dict:
     """Every policy at every budget and temperature (see the module docstring); returns
     {"rows": [...], "table": markdown, "acceptance": {T: per-rank acceptance}}. Rows already in
     `rows` (a previous, cut-off call) are kept and not rerun. The verify time of a budget is
-    measured once (greedy, a free drafter on the Sequoia tree) and shared by both temperatures."""
+    measured once (greedy, a free drafter on the Sequoia tree) and shared by both temperatures.
+    compile_workers > 1 compiles each temperature's grid on that many threads first (`warm_up`)."""
     eos = target.tokenizer.eos_token_ids
     context = max(len(p) for p in prompts) + max_new // 2  # the mean cache length, roughly
     rows, acceptances, verify_s = list(rows or []), {}, {}
     have = {(r["temperature"], r["budget"], r["policy"]) for r in rows}
     verify_s.update({r["budget"]: r["verify_ms"] / 1e3 for r in rows})
     for temperature in temperatures:
+        if time.perf_counter() > deadline:
+            print(f"deadline: skipping T={temperature}", flush=True)
+            break
         sampling = dict(temperature=temperature)
         plain = run(target, prompts, max_new, eos, **sampling)
         children = "top" if temperature == 0 else "sample_without_replacement"
@@ -151,24 +175,41 @@ def compare_policies(
         )  # fmt: skip
         acceptances[temperature] = list(acceptance)
         print(f"T={temperature}: plain {plain.stats.summary()}; acceptance {acceptance}")
+        grid = []  # (budget, name, candidates) still to run at this temperature
         for budget in sorted({*budgets, *specexec}):
-            if time.perf_counter() > deadline:
-                print(f"deadline: skipping budget {budget} at T={temperature}", flush=True)
-                break
             names = ["SpecExec"]
             if budget in budgets:
                 names = ["Chain", "Static", "Dynamic", "Sequoia", "RSD-C", "RSD-S", "SpecExec"]
             names = [n for n in names if (temperature, budget, n) not in have]
             if temperature == 0:  # ranked at temperature 0: the same trees as Static / beam search
                 names = [n for n in names if n not in ("RSD-C", "RSD-S")]
-            if not names:
-                continue
+            grid += [(budget, n, candidates(n, budget, max_depth, widths, acceptance, children))
+                     for n in names]  # fmt: skip
+        if compile_workers > 1 and any(policies for _, _, policies in grid):
+            specdec.compiled_cache_size(max(specdec.compiled_cache_size(), 256))  # keep them all
+            calls = [
+                functools.partial(
+                    run, target, prompts, max_new, eos, **sampling, drafter=drafter, policy=policy
+                )
+                for _, _, policies in grid
+                for policy in policies
+            ]
+            calls += [
+                functools.partial(measure_verify_seconds, target, prompts, b, acceptance)
+                for b in sorted({b for b, _, _ in grid} - set(verify_s))
+            ]
+            print(f"  compiled {len(calls)} loops on {compile_workers} threads in "
+                  f"{warm_up(calls, compile_workers, deadline):.1f}s", flush=True)  # fmt: skip
+        for budget in sorted({b for b, _, _ in grid}):
+            if time.perf_counter() > deadline:
+                print(f"deadline: skipping budget {budget} at T={temperature}", flush=True)
+                break
             if budget not in verify_s:
                 verify_s[budget] = measure_verify_seconds(target, prompts, budget, acceptance)
             verify = verify_s[budget]
-            for name in names:
+            for _, name, policies in [g for g in grid if g[0] == budget]:
                 best = None
-                for policy in candidates(name, budget, max_depth, widths, acceptance, children):
+                for policy in policies:
                     out = run(target, prompts, max_new, eos, drafter=drafter, policy=policy,
                               **sampling)  # fmt: skip
                     if best is None or out.stats.tau > best[1].stats.tau:
@@ -214,6 +255,7 @@ def main() -> None:
     parser.add_argument("--max-depth", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-new", type=int, default=64)
+    parser.add_argument("--compile-workers", type=int, default=1, help="threads compiling")
     parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
 
@@ -235,6 +277,7 @@ def main() -> None:
         temperatures=args.temperatures,
         max_depth=args.max_depth,
         max_new=args.max_new,
+        compile_workers=args.compile_workers,
     )
     print(result["table"])
     if args.out:

@@ -41,6 +41,7 @@ the default is 240 s now.
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -636,6 +637,7 @@ class Session:
                 max_depth=8 if not smoke else 3,
                 max_new=64 if not smoke else 8,
                 widths=(1, 4) if not smoke else (1, 2),
+                compile_workers=min(8, os.cpu_count() or 1),  # compiles dominate this grid
                 deadline=self.deadline - 15,
                 on_rows=save,
                 rows=done,

@@ -6,7 +6,10 @@ One definition serves inference (blocks written into a KVCache under a Region ma
 tensors onto them. Weights live in `param_dtype`; matmuls run in `dtype` with float32 accumulation.
 """
 
+import contextlib
 import dataclasses
+import functools
+import threading
 from collections.abc import Callable
 
 import jax
@@ -37,8 +40,50 @@ def _einsum(spec: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
     return out.astype(dtype)
 
 
+@functools.cache
+def _normal_drawer(shape: tuple[int, ...], dtype, std: float, sharding=None) -> Callable:
+    """jit(key -> normal(shape) * std in `dtype`), placed by `sharding` (None: default device).
+    One small program per (shape, dtype, std, sharding): the draw is the same on one device and
+    on a mesh (partitionable threefry), and no program ever holds the whole model."""
+
+    def draw(key: jax.Array) -> jax.Array:
+        return (jax.random.normal(key, shape, jnp.float32) * std).astype(dtype)
+
+    return jax.jit(draw, out_shardings=sharding)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeferredNormal:
+    """A random parameter not drawn yet (built under `deferred_init()`): its key and law."""
+
+    key: jax.Array
+    shape: tuple[int, ...]
+    std: float
+    dtype: jnp.dtype
+
+    def draw(self, sharding=None) -> jax.Array:
+        """The parameter's values, straight into `sharding` (None: the default device)."""
+        return _normal_drawer(self.shape, self.dtype, self.std, sharding)(self.key)
+
+
+_DEFER = threading.local()
+
+
+@contextlib.contextmanager
+def deferred_init():
+    """While active, random parameters are created as `DeferredNormal` (keys only, nothing drawn),
+    so `specdec.models.Model.random(mesh=...)` can draw each one directly sharded."""
+    previous = getattr(_DEFER, "on", False)
+    _DEFER.on = True
+    try:
+        yield
+    finally:
+        _DEFER.on = previous
+
+
 def _init(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype) -> nnx.Param:
-    return nnx.Param((jax.random.normal(rngs.params(), shape, jnp.float32) * std).astype(dtype))
+    lazy = DeferredNormal(rngs.params(), tuple(shape), float(std), jnp.dtype(dtype))
+    return nnx.Param(lazy if getattr(_DEFER, "on", False) else lazy.draw())
 
 
 class RMSNorm(nnx.Module):

@@ -12,7 +12,7 @@ from flax import nnx
 from specdec import checkpoint, sharding
 from specdec.attention import IMPLEMENTATIONS as ATTENTION_CHOICES
 from specdec.config import ModelConfig
-from specdec.model import Transformer
+from specdec.model import DeferredNormal, Transformer, deferred_init
 from specdec.tokenizer import Tokenizer
 
 
@@ -86,10 +86,17 @@ class Model:
         if mesh is None:
             return Model(make(), tokenizer)
         sharding.check_config(config, sharding.check_mesh(mesh))
-        graphdef, abstract = nnx.split(nnx.eval_shape(make))
-        state = sharding.create(
-            lambda: nnx.split(make())[1], sharding.param_shardings(abstract, mesh)
-        )
+        with deferred_init():  # keys only; each parameter is then drawn into its own sharding
+            graphdef, state = nnx.split(make())
+
+        def place(path, leaf):
+            where = sharding.param_sharding(path, leaf, mesh)
+            if isinstance(leaf, DeferredNormal):
+                return leaf.draw(where)
+            return jax.device_put(leaf, where)  # norm weights and biases: small constants
+
+        lazy = lambda x: isinstance(x, DeferredNormal)
+        state = jax.tree_util.tree_map_with_path(place, state, is_leaf=lazy)
         return Model(nnx.merge(graphdef, state), tokenizer)
 
     def module(self) -> Transformer:
