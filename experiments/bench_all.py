@@ -632,22 +632,21 @@ def measure_train(cfg, steps: int, dtype) -> dict:
     return dict(step_s=seconds, compile_s=compile_s, loss=float(metrics["loss"]))
 
 
-def cudnn_causal_attention(q, k, v):
-    """The training forward's causal attention through cuDNN's fused kernel (a candidate)."""
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
-
-
 @contextlib.contextmanager
-def patched_causal_attention(fn):
-    """Swap the model's no-cache causal attention for `fn` (benchmark-only, restored after)."""
-    import specdec.model as model_module
+def causal_attention_as(choice: str):
+    """Run the training forward's causal attention through `choice` ("xla" / "cudnn"; read when
+    a step is traced, so each measure_train call sees it); the previous setting is restored."""
+    from specdec.attention import CAUSAL_ENV
 
-    old = model_module.causal_attention
-    model_module.causal_attention = fn
+    old = os.environ.get(CAUSAL_ENV)
+    os.environ[CAUSAL_ENV] = choice
     try:
         yield
     finally:
-        model_module.causal_attention = old
+        if old is None:
+            os.environ.pop(CAUSAL_ENV)
+        else:
+            os.environ[CAUSAL_ENV] = old
 
 
 def section_train_mfu(report: Report, ctx: dict) -> None:
@@ -659,11 +658,11 @@ def section_train_mfu(report: Report, ctx: dict) -> None:
     dtype = jnp.dtype(jnp.float32 if smoke else jnp.bfloat16)
     flops_per_token = 6 * matmul_params(cfg.model)
     datasheet, source = device_peak_flops()
-    # The current training forward (jax.nn.dot_product_attention with implementation=None, which
-    # is XLA's unfused attention), then the cuDNN fused kernel as a candidate (GPU only).
-    variants = [("current (xla attention)", contextlib.nullcontext())]
+    # The training forward with XLA's unfused causal attention, then with cuDNN's fused kernel
+    # (what SPECDEC_CAUSAL_ATTENTION=auto picks on a GPU where its probe passes; GPU only).
+    variants = [("xla attention", causal_attention_as("xla"))]
     if jax.devices()[0].platform == "gpu":
-        variants.append(("cudnn attention", patched_causal_attention(cudnn_causal_attention)))
+        variants.append(("cudnn attention", causal_attention_as("cudnn")))
     rows = []
     report.data["train_mfu"] = rows
     for label, patch in variants:
