@@ -3,7 +3,10 @@
 The target's distribution at each tree node, the draft distribution q the drafter samples children
 from, and the bonus token all go through `probabilities`, so temperature / top-k / top-p are applied
 identically by construction (a classic bug in public speculative-decoding code is applying them to
-one side only). The parameters are traced arrays: changing them never recompiles.
+one side only). The values are traced arrays: changing them never recompiles. The *mode* (greedy,
+sampling, or sampling through a top-k / top-p filter) is static, so each mode is its own compiled
+loop with no branch left in it: a `lax.cond` on a GPU makes the host read its predicate back
+(a device-to-host wait) every time it runs, and `probabilities` runs at every draft level.
 
 temperature == 0 means greedy: the distribution is a one-hot on the argmax (first index on ties),
 which makes every verification law reduce to exact greedy acceptance.
@@ -16,25 +19,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+MODES = ("greedy", "sample", "filter")  # filter: sampling through top-k and / or top-p
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
-    """Temperature / top-k / top-p as float32 / int32 scalars (traced, so no recompiles)."""
+    """Temperature / top-k / top-p as float32 / int32 scalars (traced, so no recompiles), and
+    the static mode they imply (one of MODES; part of the compiled loop's key)."""
 
     temperature: jax.Array  # [] float32; 0 = greedy
     top_k: jax.Array  # [] int32; 0 = no top-k filter
     top_p: jax.Array  # [] float32 in (0, 1]; 1 = no nucleus filter
+    mode: str = dataclasses.field(default="filter", metadata=dict(static=True))
 
     @staticmethod
     def create(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> "SamplingParams":
         """Validated parameters; raises ValueError naming the bad value."""
         validate(temperature, top_k, top_p)
+        if float(temperature) == 0:
+            mode = "greedy"
+        elif int(top_k) > 0 or np.float32(top_p) < 1:
+            mode = "filter"
+        else:
+            mode = "sample"
         return SamplingParams(
             temperature=jnp.asarray(temperature, jnp.float32),
             top_k=jnp.asarray(int(top_k), jnp.int32),
             top_p=jnp.asarray(top_p, jnp.float32),
+            mode=mode,
         )
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"sampling mode must be one of {MODES}, got {self.mode!r}")
 
 
 def validate(temperature: float, top_k: int, top_p: float) -> None:
@@ -83,20 +101,15 @@ def _filter(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
 def probabilities(logits: jax.Array, params: SamplingParams) -> jax.Array:
     """float32 [..., V]: the distribution to sample from after temperature, top-k and top-p."""
     logits = logits.astype(jnp.float32)
-
-    def greedy(x):
-        return jax.nn.one_hot(jnp.argmax(x, axis=-1), x.shape[-1], dtype=jnp.float32)
-
-    def sampled(x):
-        # Shift by the max first: (x - max) / t <= 0 never overflows to +inf for a tiny t.
-        scaled = (x - jnp.max(x, axis=-1, keepdims=True)) / params.temperature
-        filtering = (params.top_k > 0) | (params.top_p < 1.0)
-        scaled = jax.lax.cond(
-            filtering, lambda s: _filter(s, params.top_k, params.top_p), lambda s: s, scaled
-        )
-        return jax.nn.softmax(scaled, axis=-1)
-
-    return jax.lax.cond(params.temperature > 0, sampled, greedy, logits)
+    greedy = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
+    if params.mode == "greedy":  # static: no branch in the compiled loop
+        return greedy
+    # Shift by the max first: (x - max) / t <= 0 never overflows to +inf for a tiny t.
+    scaled = (logits - jnp.max(logits, axis=-1, keepdims=True)) / params.temperature
+    if params.mode == "filter":
+        scaled = _filter(scaled, params.top_k, params.top_p)
+    # The sampling modes stay right at temperature 0 too (params built without `create`).
+    return jnp.where(params.temperature > 0, jax.nn.softmax(scaled, axis=-1), greedy)
 
 
 def sample(key: jax.Array, probs: jax.Array) -> jax.Array:

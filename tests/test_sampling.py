@@ -93,3 +93,21 @@ def test_sample_without_replacement_is_distinct_and_marks_impossible_draws():
 def test_bad_sampling_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplingParams.create(**kwargs)
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sample", "filter"])
+def test_every_mode_is_greedy_at_temperature_zero(mode):
+    """The mode only prunes work: parameters built directly (not by `create`) at temperature 0
+    still give the one-hot on the argmax in the sampling modes."""
+    params = SamplingParams(jnp.float32(0), jnp.int32(0), jnp.float32(1), mode=mode)
+    out = probabilities(jnp.asarray([[1.0, 3.0, 2.0], [0.5, 0.1, 0.9]]), params)
+    np.testing.assert_array_equal(out, [[0, 1, 0], [0, 0, 1]])
+
+
+def test_modes_from_create_and_a_bad_mode():
+    assert SamplingParams.create(0.0, top_k=3).mode == "greedy"
+    assert SamplingParams.create(0.7).mode == "sample"
+    assert SamplingParams.create(0.7, top_k=3).mode == "filter"
+    assert SamplingParams.create(0.7, top_p=0.9).mode == "filter"
+    with pytest.raises(ValueError, match="sampling mode must be one of"):
+        SamplingParams(jnp.float32(1), jnp.int32(0), jnp.float32(1), mode="beam")

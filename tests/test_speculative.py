@@ -245,7 +245,11 @@ def test_speculative_loop_does_not_recompile(llama, tiny_draft):
     from specdec.engine.generate import compile_count
 
     drafter, policy = DraftModel(tiny_draft), Static(TREE, "sample_without_replacement")
-    specdec.generate(llama, [[1, 2, 3], [4, 5]], max_new_tokens=10, drafter=drafter, policy=policy)
+    for sampling in (dict(), dict(temperature=1.0, top_k=2)):  # a compile per mode used below
+        specdec.generate(
+            llama, [[1, 2, 3], [4, 5]], max_new_tokens=10, drafter=drafter, policy=policy,
+            **sampling,
+        )  # fmt: skip
     before = compile_count()
     with _CompileCounter() as counter:
         for i, sampling in enumerate(
