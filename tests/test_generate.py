@@ -76,7 +76,9 @@ class _CompileCounter:
 
 
 def test_no_recompile_across_prompts_seeds_and_sampling_values(llama):
-    specdec.generate(llama, [[1, 2, 3], [4, 5]], max_new_tokens=10)  # warm: compiles once
+    # Warm: one compile per sampling mode (greedy, sampling, sampling through a filter).
+    for sampling in (dict(), dict(temperature=1.0), dict(temperature=1.0, top_k=2)):
+        specdec.generate(llama, [[1, 2, 3], [4, 5]], max_new_tokens=10, **sampling)
     before = compile_count()
     with _CompileCounter() as counter:
         specdec.generate(llama, [[9, 9, 9, 9, 9], [1]], max_new_tokens=10, seed=5)
@@ -126,3 +128,51 @@ def test_bad_input_is_a_clear_value_error(llama, kwargs, match):
     args = dict(input_ids=[[1, 2]], max_new_tokens=10) | kwargs
     with pytest.raises(ValueError, match=match):
         specdec.generate(llama, **args)
+
+
+def _conditionals(model, prompts, **kwargs) -> int:
+    """How many `conditional` ops the compiled decode loop of this request holds."""
+    from specdec.engine.generate import _JITTED, prepare
+
+    p = prepare(model, prompts, max_new_tokens=4, **kwargs)
+    text = _JITTED.lower(*p.args, policy=p.policy, shape=p.shape).compile().as_text()
+    return text.count(" conditional(")
+
+
+@pytest.mark.parametrize(
+    "sampling", [dict(), dict(temperature=0.8), dict(temperature=0.8, top_k=3, top_p=0.9)]
+)
+def test_compiled_loop_has_no_branches(llama, tiny_draft, sampling):
+    """Each sampling mode compiles without a `lax.cond` (on a GPU every executed conditional makes
+    the host wait for its predicate): plain decoding and a drafter that samples every level."""
+    from drafters import DraftModel
+    from trees import Chain
+
+    assert _conditionals(llama, [[1, 2, 3]], **sampling) == 0
+    spec = dict(drafter=DraftModel(tiny_draft), policy=Chain(3))
+    assert _conditionals(llama, [[1, 2, 3]], **spec, **sampling) == 0
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.9, top_k=5, seed=3)])
+def test_steps_per_sync_changes_nothing_but_the_checks(llama, tiny_draft, sampling):
+    """Checking for completion every k steps gives the same tokens, lengths and counts (ragged
+    batch, EOS, max_new not a multiple of k; plain and speculative): the steps run after every
+    sequence is done commit nothing and are not counted."""
+    from drafters import DraftModel
+    from trees import Static
+
+    prompts = [[1, 2, 3, 4, 5], [7], [9, 8, 7]]
+    kinds = [dict(), dict(drafter=DraftModel(tiny_draft), policy=Static([[0], [0, 0], [1]]))]
+    for spec in kinds:
+        request = dict(max_new_tokens=11, eos_token_id=5, **spec, **sampling)
+        runs = [specdec.generate(llama, prompts, steps_per_sync=k, **request) for k in (1, 3, 4)]
+        for out in runs[1:]:
+            np.testing.assert_array_equal(out.tokens, runs[0].tokens)
+            np.testing.assert_array_equal(out.lengths, runs[0].lengths)
+            assert out.stats.target_forwards == runs[0].stats.target_forwards
+            assert out.stats.tau == runs[0].stats.tau
+
+
+def test_steps_per_sync_must_be_positive(llama):
+    with pytest.raises(ValueError, match="steps_per_sync must be an integer >= 1"):
+        specdec.generate(llama, [[1, 2]], max_new_tokens=3, steps_per_sync=0)

@@ -155,6 +155,7 @@ def prepare(
     max_cache_len: int | None = None,
     allow_beyond_max_position: bool = False,
     kv_cache: str | QuantKV | None = None,
+    steps_per_sync: int = 1,
 ) -> Prepared:
     """Validate a request and build the decode loop's arguments (see `generate`)."""
     if not isinstance(model, Model):
@@ -198,6 +199,7 @@ def prepare(
         capacity=0,
         tree_nodes=tree_nodes,
         tree_depth=policy.max_depth if drafter is not None else 0,
+        steps_per_sync=inputs.check_int("steps_per_sync", steps_per_sync, 1),
     )
     kv_mode = request_mode(kv_cache, drafter, shape.tree_depth, cfg.head_dim, model.mesh)
     capacity = kernel_slots(shape.prompt_len + shape.max_new + region_nodes)  # kernels tile S
@@ -265,6 +267,7 @@ def generate(
     max_cache_len: int | None = None,
     allow_beyond_max_position: bool = False,
     kv_cache: str | QuantKV | None = None,
+    steps_per_sync: int = 1,
 ) -> GenerateOutput:
     """Generate up to max_new_tokens new tokens per prompt (speculatively when given a drafter).
 
@@ -280,6 +283,9 @@ def generate(
     kv_cache: None keeps the cache in the model's dtype; "int8-hierarchical" (or a
     `specdec.quant_cache.QuantKV`) stores it as INT4/INT8 planes, the model then IS the model
     with that cache (QuantSpec; `drafters.QuantSpec()` drafts from its upper plane).
+    steps_per_sync: decode steps run between two checks of whether every sequence is done. On a
+    GPU each check makes the host wait for the device; k > 1 checks once per k steps, at the cost
+    of up to k - 1 idle steps (which emit nothing) after the last sequence finishes.
     """
     prepared = prepare(
         model,
@@ -295,6 +301,7 @@ def generate(
         max_cache_len=max_cache_len,
         allow_beyond_max_position=allow_beyond_max_position,
         kv_cache=kv_cache,
+        steps_per_sync=steps_per_sync,
     )
     pad_token_id = inputs.pad_token_id(pad_token_id)
     args, policy, shape = prepared.args, prepared.policy, prepared.shape

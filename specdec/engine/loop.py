@@ -47,6 +47,7 @@ class LoopShape:
     capacity: int  # S: target cache slots
     tree_nodes: int  # T: tree capacity (1 without a drafter)
     tree_depth: int  # deepest draft depth (0 without a drafter)
+    steps_per_sync: int = 1  # steps run between two checks of "is every sequence done?"
 
     @property
     def history_len(self) -> int:
@@ -276,7 +277,7 @@ def step(
         drafter_state=drafter_state,
         policy_state=policy_state,
         key=key,
-        steps=s.steps + 1,
+        steps=s.steps + jnp.any(active).astype(jnp.int32),  # steps after all are done: none
         forwards=s.forwards + counted,
         emit_hist=s.emit_hist.at[rows, jnp.maximum(count - 1, 0)].add(counted),
         accept_hist=s.accept_hist.at[rows, accepted].add(counted),
@@ -357,7 +358,14 @@ def decode_loop(
         shape=shape,
     )
     one_step = lambda s: step(target, drafter, policy, max_new, params, eos_ids, s)
-    final = jax.lax.while_loop(lambda s: ~jnp.all(s.done), one_step, state)
+    if shape.steps_per_sync > 1:
+        # An inner loop of static trip count: a GPU runs it without reading a predicate back, so
+        # the host waits once per `steps_per_sync` steps instead of every step. Steps after every
+        # sequence is done commit nothing and are not counted (at most steps_per_sync - 1 of them).
+        inner = lambda s: jax.lax.fori_loop(0, shape.steps_per_sync, lambda _, x: one_step(x), s)
+    else:
+        inner = one_step
+    final = jax.lax.while_loop(lambda s: ~jnp.all(s.done), inner, state)
     return LoopOutput(
         history=final.history,
         num_generated=final.num_generated,
