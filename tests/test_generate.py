@@ -130,27 +130,41 @@ def test_bad_input_is_a_clear_value_error(llama, kwargs, match):
         specdec.generate(llama, **args)
 
 
-def _conditionals(model, prompts, **kwargs) -> int:
-    """How many `conditional` ops the compiled decode loop of this request holds."""
+def _host_waits(model, prompts, **kwargs) -> tuple[int, int]:
+    """(conditionals, while loops without a known trip count) in the compiled decode loop of
+    this request: on a GPU each makes the host read a predicate back every time it runs."""
     from specdec.engine.generate import _JITTED, prepare
 
     p = prepare(model, prompts, max_new_tokens=4, **kwargs)
     text = _JITTED.lower(*p.args, policy=p.policy, shape=p.shape).compile().as_text()
-    return text.count(" conditional(")
+    lines = text.splitlines()
+    conditionals = sum(" conditional(" in line for line in lines)
+    unbounded = sum(" while(" in line and "known_trip_count" not in line for line in lines)
+    return conditionals, unbounded
 
 
 @pytest.mark.parametrize(
     "sampling", [dict(), dict(temperature=0.8), dict(temperature=0.8, top_k=3, top_p=0.9)]
 )
 def test_compiled_loop_has_no_branches(llama, tiny_draft, sampling):
-    """Each sampling mode compiles without a `lax.cond` (on a GPU every executed conditional makes
-    the host wait for its predicate): plain decoding and a drafter that samples every level."""
-    from drafters import DraftModel
-    from trees import Chain
+    """Each sampling mode compiles without a `lax.cond`, and the only loop with a data-dependent
+    trip count is the outer one (is every sequence done?): plain decoding, a drafter sampling
+    every level and, greedy, EAGLE-3 with EAGLE-2's dynamic tree and SpecExec's best-first tree."""
+    from drafters import DraftModel, Eagle
+    from trees import Chain, Dynamic, SpecExec
 
-    assert _conditionals(llama, [[1, 2, 3]], **sampling) == 0
+    assert _host_waits(llama, [[1, 2, 3]], **sampling) == (0, 1)
     spec = dict(drafter=DraftModel(tiny_draft), policy=Chain(3))
-    assert _conditionals(llama, [[1, 2, 3]], **spec, **sampling) == 0
+    assert _host_waits(llama, [[1, 2, 3]], **spec, **sampling) == (0, 1)
+    if sampling:
+        return
+    eagle = Eagle.random(llama, version=3, seed=0, draft_vocab=32)
+    trees = [
+        (eagle, Dynamic(depth=3, top_k=4, total_tokens=10)),
+        (DraftModel(tiny_draft), SpecExec(16, max_beams=4, max_branch_width=4)),
+    ]
+    for drafter, policy in trees:
+        assert _host_waits(llama, [[1, 2, 3]], drafter=drafter, policy=policy) == (0, 1)
 
 
 @pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.9, top_k=5, seed=3)])
