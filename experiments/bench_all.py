@@ -2,7 +2,8 @@
 
     # on the GPU machine (jax with CUDA; torch + transformers for the HF peers):
     PYTHONPATH=. PYTHONUNBUFFERED=1 python3 experiments/bench_all.py --out $OUT
-    # the same code on a CPU with tiny shapes (torch parts skipped when torch is absent):
+    # the same code on a CPU with tiny shapes, float32 (the HF sections run on torch's CPU
+    # device when torch and transformers import, else they are skipped):
     PYTHONPATH=. .venv/bin/python experiments/bench_all.py --smoke --out /tmp/bench_all
 
 Sections run in the priority order of SECTIONS, each under its own time budget inside one
@@ -218,16 +219,23 @@ def fmt(x, spec=".2f"):
     return "n/a" if x is None else format(x, spec)
 
 
-def import_torch():
-    """(torch, transformers) when both import and CUDA is available, else None."""
+def import_torch(allow_cpu: bool = False):
+    """(torch, transformers, "cuda") when both import and CUDA is available; with allow_cpu (the
+    smoke run's check of the HF code paths) (torch, transformers, "cpu") without CUDA; else None."""
     try:
         import torch
         import transformers
     except ImportError:
         return None
-    if not torch.cuda.is_available():
-        return None
-    return torch, transformers
+    if torch.cuda.is_available():
+        return torch, transformers, "cuda"
+    return (torch, transformers, "cpu") if allow_cpu else None
+
+
+def torch_sync(torch) -> None:
+    """Wait for queued GPU work (nothing to wait for on the CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 # ---------------------------------------------------------------------------------- ceilings
@@ -306,7 +314,7 @@ def section_ceilings(report: Report, ctx: dict) -> None:
         bw, peak = bta.measure_ceilings(timer)  # 1 GiB copy and 8192^3 matmul, timer's method
         res["jax_copy_cupti_median" if timer.method == "cupti" else "jax_copy_timer"] = bw
         res["matmul_flops"] = peak
-    if ctx["torch"] is not None:
+    if ctx["torch"] is not None and ctx["torch"][2] == "cuda":
         try:
             res.update(torch_ceilings(ctx["torch"][0], num_bytes))
             ctx["torch"][0].cuda.empty_cache()
@@ -773,15 +781,17 @@ def section_plain_8b(report: Report, ctx: dict) -> None:
 # ---------------------------------------------------------------------------------- HF peers
 
 
-def to_hf(model: specdec.Model, torch, transformers):
-    """The same weights as an HF LlamaForCausalLM on the GPU (bf16), copied through DLPack."""
+def to_hf(model: specdec.Model, torch, transformers, device: str = "cuda"):
+    """The same weights as an HF LlamaForCausalLM on `device`, in the model's dtype (bf16 on the
+    GPU, float32 in the smoke run), copied through DLPack."""
     cfg = model.config
-    fields = {k: v for k, v in cfg.to_hf(torch_dtype="bfloat16").items() if k != "model_type"}
+    dtype_name = jnp.dtype(model.dtype).name  # "bfloat16" / "float32"
+    fields = {k: v for k, v in cfg.to_hf(torch_dtype=dtype_name).items() if k != "model_type"}
     hf_cfg = transformers.LlamaConfig(**fields)
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(getattr(torch, dtype_name))
     try:
-        with torch.device("cuda"):
+        with torch.device(device):
             hf = transformers.LlamaForCausalLM(hf_cfg)
     finally:
         torch.set_default_dtype(previous)
@@ -792,14 +802,14 @@ def to_hf(model: specdec.Model, torch, transformers):
             node = pure
             for key in path:
                 node = node[key]
-            value = jnp.asarray(rule.to_hf(jnp.asarray(node), cfg), jnp.bfloat16)
+            value = jnp.asarray(rule.to_hf(jnp.asarray(node), cfg), dtype_name)
             tensor = torch.from_dlpack(value)
             param = named[name]
             if tuple(param.shape) != tuple(tensor.shape):
                 raise ValueError(f"{name}: HF {tuple(param.shape)} vs ours {tuple(tensor.shape)}")
             param.copy_(tensor)
             # jax may reuse the buffer once `value` is dropped: let torch's copy finish first
-            torch.cuda.synchronize()
+            torch_sync(torch)
             del value, tensor
     if cfg.tie_word_embeddings:
         hf.tie_weights()
@@ -823,7 +833,7 @@ def hf_tok_s(torch, hf, prompts, new, label, report, warm=2, **kwargs) -> dict:
 
 
 def _hf_tok_s(torch, hf, prompts, new, label, report, warm, **kwargs) -> dict:
-    ids = torch.tensor(prompts, device="cuda")
+    ids = torch.tensor(prompts, device=hf.device)
     mask = torch.ones_like(ids)
 
     def run():
@@ -831,14 +841,14 @@ def _hf_tok_s(torch, hf, prompts, new, label, report, warm, **kwargs) -> dict:
 
     start = time.perf_counter()
     run()
-    torch.cuda.synchronize()
+    torch_sync(torch)
     first = time.perf_counter() - start
     for _ in range(warm - 1):
         run()
-    torch.cuda.synchronize()
+    torch_sync(torch)
     start = time.perf_counter()
     out = run()
-    torch.cuda.synchronize()
+    torch_sync(torch)
     seconds = time.perf_counter() - start
     generated = (out.shape[1] - ids.shape[1]) * ids.shape[0]
     row = dict(
@@ -849,16 +859,17 @@ def _hf_tok_s(torch, hf, prompts, new, label, report, warm, **kwargs) -> dict:
         first_call_s=first,
     )
     report.log(json.dumps(row))
+    row["new_tokens"] = out[:, ids.shape[1] :].tolist()  # [B, new]: checked against ours, dropped
     return row
 
 
 def section_hf_8b(report: Report, ctx: dict) -> None:
-    torch, transformers = ctx["torch"]
+    torch, transformers, where = ctx["torch"]
     model = ctx["big"]
     cfg = model.config
     new, plen = ctx["max_new"], ctx["prompt_len"]
     start = time.perf_counter()
-    hf = to_hf(model, torch, transformers)
+    hf = to_hf(model, torch, transformers, where)
     report.log(f"HF copy of the 8B weights in {time.perf_counter() - start:.1f}s")
     rows = []
     report.data["hf_8b"] = rows
@@ -874,6 +885,7 @@ def section_hf_8b(report: Report, ctx: dict) -> None:
             cache_implementation="static",
             min_new_tokens=new,
         )
+        row.pop("new_tokens", None)
         rows.append(row)
         ours = ctx.get("big_tok_s", {}).get(batch)
         ratio = None if ours is None or not row["tok_s"] else ours / row["tok_s"]
@@ -885,22 +897,24 @@ def section_hf_8b(report: Report, ctx: dict) -> None:
         )
         report.write()
     prompts = prompts_for(cfg, 1, plen, seed=1)
-    rows.append(
-        hf_tok_s(
-            torch, hf, prompts, new, "prompt lookup", report, warm=1, prompt_lookup_num_tokens=10
-        )
+    lookup = hf_tok_s(
+        torch, hf, prompts, new, "prompt lookup", report, warm=1, prompt_lookup_num_tokens=10
     )
+    lookup.pop("new_tokens", None)
+    rows.append(lookup)
     report.write()
     del hf, ctx["big"]  # the 8B weights are not needed again
-    torch.cuda.empty_cache()
+    if where == "cuda":
+        torch.cuda.empty_cache()
 
 
 def section_hf_small(report: Report, ctx: dict) -> None:
-    torch, transformers = ctx["torch"]
+    torch, transformers, where = ctx["torch"]
     target, draft = ctx["pair"]
     cfg = target.config
     new, plen = ctx["max_new"], ctx["prompt_len"]
-    hf_target, hf_draft = to_hf(target, torch, transformers), to_hf(draft, torch, transformers)
+    hf_target = to_hf(target, torch, transformers, where)
+    hf_draft = to_hf(draft, torch, transformers, where)
     prompts = prompts_for(cfg, 1, plen, seed=1)
     rows = [
         hf_tok_s(
@@ -928,20 +942,29 @@ def section_hf_small(report: Report, ctx: dict) -> None:
             prompt_lookup_num_tokens=10,
         ),
     ]
+    # Same weights, same greedy tokens? (a wrong weight conversion would time another model)
+    mine = specdec.generate(target, prompts, max_new_tokens=new).tokens  # [1, new]
+    for row in rows:
+        theirs = np.asarray(row.pop("new_tokens", None) or [[]])
+        if row["tok_s"] and theirs.shape == mine.shape:
+            row["greedy_agreement_with_specdec"] = float(np.mean(theirs == mine))
     report.data["hf_small"] = rows
     ours = ctx.get("small_tok_s", {})
     for row in rows:
         if not row["tok_s"]:
             continue
         for name, tok_s in ours.items():
+            agreement = row.get("greedy_agreement_with_specdec")
             report.ratio(
                 f"small pair B=1, specdec {name} vs HF {row['label']}",
                 f"{tok_s / row['tok_s']:.2f}x ({tok_s:.0f} vs {row['tok_s']:.0f} tok/s)",
                 "-",
                 None,
+                f"HF's greedy tokens equal ours at {fmt(agreement and 100 * agreement, '.0f')}%",
             )
     del hf_target, hf_draft
-    torch.cuda.empty_cache()
+    if where == "cuda":
+        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------------- command buffers
@@ -1037,14 +1060,17 @@ def main(argv: list[str] | None = None) -> None:
     deadline = started + (args.deadline_s or (115 if smoke else 530))
     report = Report(Path(args.out) if args.out else None, started, deadline)
     device = jax.devices()[0]
-    torch_pair = None if args.no_torch else import_torch()
+    torch_pair = None if args.no_torch else import_torch(allow_cpu=smoke)
     report.data["device"] = f"{len(jax.devices())} x {device.device_kind} ({device.platform})"
     report.data["command"] = "python3 experiments/bench_all.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     versions = f"jax {jax.__version__}"
     if torch_pair is not None:
-        versions += f", torch {torch_pair[0].__version__}, transformers {torch_pair[1].__version__}"
+        versions += (
+            f", torch {torch_pair[0].__version__} ({torch_pair[2]}), "
+            f"transformers {torch_pair[1].__version__}"
+        )
     report.data["versions"] = versions
     report.log(f"{report.data['device']}; {versions}; torch parts: {torch_pair is not None}")
     if not smoke and device.platform != "gpu":
@@ -1069,8 +1095,9 @@ def main(argv: list[str] | None = None) -> None:
         if wanted is not None and name not in wanted and name != "ceilings":
             continue
         if needs_torch and torch_pair is None:
-            report.data["sections"][name] = {"skipped": "torch with CUDA is not available"}
-            report.log(f"== {name}: skipped (torch with CUDA is not available)")
+            why = "torch and transformers are not importable" + ("" if smoke else " with CUDA")
+            report.data["sections"][name] = {"skipped": why}
+            report.log(f"== {name}: skipped ({why})")
             continue
         missing = [k for k in needs.get(name, []) if k not in ctx]
         if missing:
