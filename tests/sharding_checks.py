@@ -193,6 +193,11 @@ def check_stats() -> None:
         pvalue=chi_square_pvalue(counts, exact),
         tau=out.stats.tau,
         same_samples_as_one_device=float(np.mean(np.all(out.tokens == single.tokens, axis=1))),
+        # random init on a mesh draws each parameter straight into its sharding: same values
+        same_weights_as_one_device=all(
+            np.array_equal(np.asarray(a), np.asarray(b))
+            for a, b in zip(jax.tree.leaves(target.net), jax.tree.leaves(one.net), strict=True)
+        ),
         lm_head_spec=_spec(target, "lm_head"),
     )
 

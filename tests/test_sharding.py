@@ -77,6 +77,7 @@ def test_sampling_on_a_mesh_keeps_the_target_law(results):
     # Same seed, same samples as one device (the partitionable PRNG; logits equal to float
     # rounding), so the single-device stats tests cover the mesh too.
     assert row["same_samples_as_one_device"] > 0.99, row
+    assert row["same_weights_as_one_device"] is True, row
     assert row["lm_head_spec"] == [None, "model"]  # the LM head (so the logits) split by vocab
 
 
