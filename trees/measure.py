@@ -132,18 +132,33 @@ def measure_step_times(
     excluded (generate reports it apart); the best of `repeats` runs is kept.
     """
     times = {}
-    free = _FreeDrafter(target.config.vocab_size)
     for budget in budgets:
         policy = Sequoia(budget, tuple(acceptance))
-
-        def per_step(d, policy=policy):
-            runs = [
-                generate(target, prompts, max_new_tokens=max_new_tokens, drafter=d, policy=policy)
-                for _ in range(repeats)
-            ]
-            return min(r.stats.wall_seconds / max(r.stats.target_forwards, 1) for r in runs)
-
-        verify = per_step(free)
-        draft = max(per_step(drafter) - verify, 0.0) / policy.max_depth
-        times[budget] = (draft, verify)
+        verify = _seconds_per_step(target, prompts, _free(target), policy, max_new_tokens, repeats)
+        drafted = _seconds_per_step(target, prompts, drafter, policy, max_new_tokens, repeats)
+        times[budget] = (max(drafted - verify, 0.0) / policy.max_depth, verify)
     return times
+
+
+def measure_verify_seconds(
+    target, prompts, budget: int, acceptance: Sequence[float], *, max_new_tokens: int = 16,
+    repeats: int = 2,
+) -> float:  # fmt: skip
+    """Seconds per step of greedy decoding of the Sequoia tree of `budget` nodes with a free
+    drafter: the target's verify forward plus the step's fixed work (`measure_step_times`'
+    verify half, without the drafter's runs)."""
+    policy = Sequoia(budget, tuple(acceptance))
+    return _seconds_per_step(target, prompts, _free(target), policy, max_new_tokens, repeats)
+
+
+def _free(target) -> "_FreeDrafter":
+    return _FreeDrafter(target.config.vocab_size)
+
+
+def _seconds_per_step(target, prompts, drafter, policy, max_new_tokens: int, repeats: int) -> float:
+    """Best of `repeats` greedy runs: wall seconds per target forward (compiles excluded)."""
+    runs = [
+        generate(target, prompts, max_new_tokens=max_new_tokens, drafter=drafter, policy=policy)
+        for _ in range(repeats)
+    ]
+    return min(r.stats.wall_seconds / max(r.stats.target_forwards, 1) for r in runs)
