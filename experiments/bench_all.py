@@ -818,11 +818,11 @@ def to_hf(model: specdec.Model, torch, transformers, device: str = "cuda"):
     return hf
 
 
-def hf_tok_s(torch, hf, prompts, new, label, report, warm=2, **kwargs) -> dict:
+def hf_tok_s(torch, hf, prompts, new, label, report, warm=2, *, tokens=False, **kwargs) -> dict:
     """Tokens/s of HF generate (greedy), after `warm` warm-up calls (compile, CUDA graphs); a
     failure becomes a row with the error (the other peers still run)."""
     try:
-        return _hf_tok_s(torch, hf, prompts, new, label, report, warm, **kwargs)
+        return _hf_tok_s(torch, hf, prompts, new, label, report, warm, tokens, **kwargs)
     except Budget:
         raise
     except Exception as e:
@@ -832,7 +832,7 @@ def hf_tok_s(torch, hf, prompts, new, label, report, warm=2, **kwargs) -> dict:
         return dict(label=label, batch=len(prompts), tok_s=None, error=f"{type(e).__name__}: {e}")
 
 
-def _hf_tok_s(torch, hf, prompts, new, label, report, warm, **kwargs) -> dict:
+def _hf_tok_s(torch, hf, prompts, new, label, report, warm, tokens, **kwargs) -> dict:
     ids = torch.tensor(prompts, device=hf.device)
     mask = torch.ones_like(ids)
 
@@ -859,7 +859,8 @@ def _hf_tok_s(torch, hf, prompts, new, label, report, warm, **kwargs) -> dict:
         first_call_s=first,
     )
     report.log(json.dumps(row))
-    row["new_tokens"] = out[:, ids.shape[1] :].tolist()  # [B, new]: checked against ours, dropped
+    if tokens:  # [B, new], for the caller to compare with ours (not part of the report)
+        row["new_tokens"] = out[:, ids.shape[1] :].tolist()
     return row
 
 
@@ -885,7 +886,6 @@ def section_hf_8b(report: Report, ctx: dict) -> None:
             cache_implementation="static",
             min_new_tokens=new,
         )
-        row.pop("new_tokens", None)
         rows.append(row)
         ours = ctx.get("big_tok_s", {}).get(batch)
         ratio = None if ours is None or not row["tok_s"] else ours / row["tok_s"]
@@ -897,11 +897,11 @@ def section_hf_8b(report: Report, ctx: dict) -> None:
         )
         report.write()
     prompts = prompts_for(cfg, 1, plen, seed=1)
-    lookup = hf_tok_s(
-        torch, hf, prompts, new, "prompt lookup", report, warm=1, prompt_lookup_num_tokens=10
+    rows.append(
+        hf_tok_s(
+            torch, hf, prompts, new, "prompt lookup", report, warm=1, prompt_lookup_num_tokens=10
+        )
     )
-    lookup.pop("new_tokens", None)
-    rows.append(lookup)
     report.write()
     del hf, ctx["big"]  # the 8B weights are not needed again
     if where == "cuda":
@@ -916,31 +916,15 @@ def section_hf_small(report: Report, ctx: dict) -> None:
     hf_target = to_hf(target, torch, transformers, where)
     hf_draft = to_hf(draft, torch, transformers, where)
     prompts = prompts_for(cfg, 1, plen, seed=1)
+    peers = (  # label, warm-up calls, generate options
+        ("static compiled", 2, dict(cache_implementation="static", min_new_tokens=new)),
+        ("dynamic cache", 1, {}),
+        ("assisted", 1, dict(assistant_model=hf_draft)),
+        ("prompt lookup", 1, dict(prompt_lookup_num_tokens=10)),
+    )
     rows = [
-        hf_tok_s(
-            torch,
-            hf_target,
-            prompts,
-            new,
-            "static compiled",
-            report,
-            cache_implementation="static",
-            min_new_tokens=new,
-        ),
-        hf_tok_s(torch, hf_target, prompts, new, "dynamic cache", report, warm=1),
-        hf_tok_s(
-            torch, hf_target, prompts, new, "assisted", report, warm=1, assistant_model=hf_draft
-        ),
-        hf_tok_s(
-            torch,
-            hf_target,
-            prompts,
-            new,
-            "prompt lookup",
-            report,
-            warm=1,
-            prompt_lookup_num_tokens=10,
-        ),
+        hf_tok_s(torch, hf_target, prompts, new, label, report, warm, tokens=True, **options)
+        for label, warm, options in peers
     ]
     # Same weights, same greedy tokens? (a wrong weight conversion would time another model)
     mine = specdec.generate(target, prompts, max_new_tokens=new).tokens  # [1, new]
