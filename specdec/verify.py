@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from specdec.sampling import SamplingParams, probabilities, sample
-from specdec.tree import ChildKind, DraftTree, sibling_links
+from specdec.tree import ChildKind, DraftTree, ancestor_mask, sibling_links
 
 UNROLL_MAX = 8  # walks of at most this many candidates are unrolled (chains of <= 8 drafts)
 
@@ -175,6 +175,56 @@ def _verify_path(tokens, valid, kinds, draft_probs, probs, first_child, key):
     return path, n, sample(bonus_key, p)
 
 
+def _point_mass_accept_probs(px, before):
+    """P(accept candidate j | it is tried) for point-mass children: p_j(x_j) = p(x_j) / (1 - S_j),
+    S_j = the mass of the earlier distinct siblings (all rejected before j is tried)."""
+    left = 1.0 - before
+    return jnp.where(left > 0, px / jnp.where(left > 0, left, 1.0), 0.0)
+
+
+def _verify_point_masses(tokens, valid, parents, reach, probs, key):
+    """The walk for a tree whose children are all point masses (DETERMINISTIC), without a loop:
+    the same law as `_verify_one`, one uniform per node instead of per step.
+
+    Shapes: tokens / valid / parents [T], reach [T, T] (ancestor-or-self mask), probs [T, V].
+    Candidate j is tried at most once per walk (candidate indices strictly increase), and only
+    after every earlier sibling was rejected, so its acceptance test can be drawn up front, with
+    its own uniform: accept with p(x_j) / (1 - S_j) (the renormalised residual of the sequential
+    rule). The walk then moves from each node to its first accepted child; a node is on the
+    accepted path iff every non-root node from the root to it is its parent's first accepted
+    child. Where the path ends every child was tried and rejected, so the bonus comes from that
+    node's p with all its children's tokens removed. Every step is a [T] or [T, T] array
+    operation: no per-candidate vocabulary-wide pass (the loop's cost grows with T; at 1024
+    nodes it dominated the step). A token repeated among siblings is tried once (the sequential
+    rule gives its later copies probability 0).
+    """
+    nodes, vocab = probs.shape
+    walk_key, bonus_key = jax.random.split(key)
+    idx = jnp.arange(nodes)
+    candidate = valid & (parents >= 0) & (idx > 0)  # [T]
+    px = probs[jnp.maximum(parents, 0), tokens]  # [T] p at each candidate's parent
+    siblings = (parents[:, None] == parents[None, :]) & candidate[:, None] & candidate[None, :]
+    earlier = siblings & (idx[None, :] < idx[:, None])  # [T, T]: k is an earlier sibling of j
+    repeated = jnp.any(earlier & (tokens[None, :] == tokens[:, None]), axis=1)  # [T]
+    usable = candidate & ~repeated
+    before = jnp.sum(jnp.where(earlier & usable[None, :], px[None, :], 0.0), axis=1)  # [T] S_j
+    draws = jax.random.uniform(walk_key, (nodes,))  # [T]
+    accept = usable & (draws < _point_mass_accept_probs(px, before))  # [T]
+    # first accepted child of each node (T if none), then: is j its parent's first accepted child
+    child_of = (parents[None, :] == idx[:, None]) & accept[None, :]  # [T parent, T child]
+    first = jnp.min(jnp.where(child_of, idx[None, :], nodes), axis=1)  # [T]
+    taken = accept & (first[jnp.maximum(parents, 0)] == idx)  # [T]
+    on_path = jnp.all(~reach | (taken | (idx == 0))[None, :], axis=1) & valid  # [T]
+    on_path = on_path.at[0].set(True)
+    n = jnp.sum(on_path.astype(jnp.int32)) - 1
+    path = jnp.sort(jnp.where(on_path, idx, nodes))  # ancestors have lower indices: depth order
+    path = jnp.where(path < nodes, path, 0).astype(jnp.int32)
+    last = path[n]
+    removed = jnp.zeros((vocab,), bool).at[tokens].max(usable & (parents == last))  # [V]
+    p = probs[last]
+    return path, n, sample(bonus_key, _normalized(jnp.where(removed, 0.0, p), p))
+
+
 def verify(
     tree: DraftTree,
     logits: jax.Array,
@@ -182,12 +232,17 @@ def verify(
     key: jax.Array,
     *,
     path_only: bool = False,
+    point_masses: bool = False,
 ) -> Verdict:
     """Verify each sequence's tree against target logits [B, T, V] (float32, one row per node).
 
     path_only: the caller guarantees that no node has two valid children (chains); the walk
     then runs without a loop (`_verify_path`), with the same verdicts. A tree with siblings
     under path_only=True is verified as if only each node's first child existed.
+    point_masses: the caller guarantees that every node's children are DETERMINISTIC (a policy
+    with children="top"); the walk then runs without a loop (`_verify_point_masses`): the same
+    law with its own draws, so verdicts equal the loop's at temperature 0 and in distribution
+    otherwise. path_only takes precedence.
     """
     first_child, next_sibling = sibling_links(tree.parents, tree.valid)
     keys = jax.random.split(key, tree.tokens.shape[0])
@@ -198,6 +253,12 @@ def verify(
     if path_only and tree.num_nodes > 1:
         path, n, bonus = jax.vmap(_verify_path)(
             tree.tokens, tree.valid, tree.child_kind, tree.draft_probs, probs, first_child, keys
+        )
+        return Verdict(path=path, num_accepted=n, bonus=bonus)
+    if point_masses and tree.num_nodes > 1:
+        reach = ancestor_mask(tree.parents, tree.valid)  # [B, T, T]
+        path, n, bonus = jax.vmap(_verify_point_masses)(
+            tree.tokens, tree.valid, tree.parents, reach, probs, keys
         )
         return Verdict(path=path, num_accepted=n, bonus=bonus)
     path, n, bonus = jax.vmap(_verify_one)(
@@ -274,9 +335,10 @@ def verify_reference(
     key: jax.Array,
     *,
     path_only: bool = False,  # accepted for a drop-in swap with `verify`; the walk needs no hint
+    point_masses: bool = False,
 ) -> Verdict:
     """`verify` as the straightforward data-dependent walk (tests and benchmarks compare)."""
-    del path_only
+    del path_only, point_masses
     first_child, next_sibling = sibling_links(tree.parents, tree.valid)
     keys = jax.random.split(key, tree.tokens.shape[0])
     one = lambda t, v, c, q, lg, fc, ns, k: _verify_one_reference(t, v, c, q, lg, fc, ns, params, k)

@@ -8,15 +8,17 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stats import chi_square_pvalue
 
 import specdec
 from drafters import DraftModel
 from specdec.config import tiny_config
 from specdec.engine.generate import prepare
 from specdec.engine.loop import decode_loop
-from specdec.sampling import SamplingParams
+from specdec.sampling import SamplingParams, probabilities
 from specdec.tree import ChildKind, DraftTree, ancestor_mask
 from specdec.verify import verify, verify_reference
 from trees import Chain
@@ -41,7 +43,7 @@ def reference_ancestor_mask(parents: np.ndarray, valid: np.ndarray) -> np.ndarra
 
 
 reference_verify = jax.jit(verify_reference)
-_verify = jax.jit(verify, static_argnames=("path_only",))
+_verify = jax.jit(verify, static_argnames=("path_only", "point_masses"))
 _mask = jax.jit(ancestor_mask)
 
 
@@ -197,3 +199,102 @@ def test_one_data_dependent_loop_per_decode():
     assert _data_dependent_whiles() == 1
     draft = specdec.Model.random(tiny_config(vocab_size=64, num_layers=1), seed=1)
     assert _data_dependent_whiles(DraftModel(draft), Chain(4)) == 1
+
+
+# ---- the loop-free walk for point-mass children ------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(random_trees(), st.integers(0, 2**31 - 1))
+def test_point_mass_walk_equals_while_walk_at_temperature_zero(tree, key_seed):
+    """Greedy: the same verdicts as the data-dependent walk, bit for bit (repeated sibling tokens
+    included: VOCAB is small)."""
+    parents, valid, seed = tree
+    tree, logits = _tree(parents, valid, seed, False, KINDS[0])
+    params, key = SamplingParams.create(0.0), jax.random.key(key_seed)
+    got = _verify(tree, logits, params, key, point_masses=True)
+    want = reference_verify(tree, logits, params, key)
+    np.testing.assert_array_equal(np.asarray(got.num_accepted), np.asarray(want.num_accepted))
+    np.testing.assert_array_equal(np.asarray(got.bonus), np.asarray(want.bonus))
+    np.testing.assert_array_equal(np.asarray(got.path), np.asarray(want.path))
+
+
+# root -> children 1, 2, 3 (+ a repeat of 1's token at 4); 1 -> 5, 6; 5 -> 7; 2 -> 8 (invalid)
+LAW_PARENTS = np.array([-1, 0, 0, 0, 0, 1, 1, 5, 2], np.int32)
+LAW_VALID = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0], bool)
+
+
+def _law_tree(params: SamplingParams):
+    """A fixed tree whose siblings carry the target's most probable tokens, and its probs."""
+    rng = np.random.default_rng(7)
+    nodes = len(LAW_PARENTS)
+    logits = jnp.asarray(rng.normal(size=(nodes, VOCAB)).astype(np.float32) * 1.5)
+    probs = np.asarray(probabilities(logits, params), np.float64)  # [T, V]
+    tokens = np.zeros(nodes, np.int32)
+    for parent in range(nodes):
+        kids = [j for j in range(nodes) if LAW_PARENTS[j] == parent]
+        ranked = np.argsort(-probs[parent])
+        for rank, j in enumerate(kids):
+            tokens[j] = ranked[rank]
+    tokens[4] = tokens[1]  # a repeated sibling token: tried once
+    return tokens, logits, probs
+
+
+def _exact_emitted_law(tokens, probs) -> dict:
+    """P(emitted tokens = s): accept the child holding t with p(t), else t is the bonus."""
+    law = {}
+
+    def visit(node, prefix, mass):
+        kids = {}
+        for j in range(len(tokens)):
+            if LAW_PARENTS[j] == node and LAW_VALID[j]:
+                kids.setdefault(int(tokens[j]), j)  # the first sibling holding the token
+        for t in range(VOCAB):
+            if t in kids:
+                visit(kids[t], (*prefix, t), mass * probs[node, t])
+            else:
+                law[(*prefix, t)] = law.get((*prefix, t), 0.0) + mass * probs[node, t]
+
+    visit(0, (), 1.0)
+    return law
+
+
+def _walk_law_pvalue(sampling, samples: int = 20_000) -> float:
+    params = SamplingParams.create(*sampling)
+    tokens, logits, probs = _law_tree(params)
+    nodes = len(tokens)
+    tree = DraftTree(
+        tokens=jnp.broadcast_to(jnp.asarray(tokens), (samples, nodes)),
+        parents=jnp.broadcast_to(jnp.asarray(LAW_PARENTS), (samples, nodes)),
+        depths=jnp.zeros((samples, nodes), jnp.int32),
+        valid=jnp.broadcast_to(jnp.asarray(LAW_VALID), (samples, nodes)),
+        child_kind=jnp.full((samples, nodes), ChildKind.DETERMINISTIC, jnp.int32),
+        draft_probs=None,
+    )
+    walk = jax.jit(lambda t, lg, k: verify(t, lg, params, k, point_masses=True))  # fresh trace
+    verdict = walk(tree, jnp.broadcast_to(logits, (samples, nodes, VOCAB)), jax.random.key(0))
+    emitted = np.asarray(verdict.emitted(tree))
+    n = np.asarray(verdict.num_accepted)
+    law = _exact_emitted_law(tokens, probs)
+    index = {s: i for i, s in enumerate(law)}
+    counts = np.zeros(len(law))
+    for row, k in zip(emitted, n, strict=True):
+        counts[index[tuple(int(x) for x in row[: k + 1])]] += 1  # KeyError: an impossible output
+    return chi_square_pvalue(counts, np.array(list(law.values())))
+
+
+WALK_SAMPLING = [(0.7, 4, 1.0), (1.0, 0, 1.0), (1.3, 0, 0.9)]
+
+
+@pytest.mark.parametrize("sampling", WALK_SAMPLING)
+def test_point_mass_walk_emits_the_target_law(sampling):
+    assert _walk_law_pvalue(sampling) > 1e-3
+
+
+def test_point_mass_walk_law_test_catches_a_wrong_rule(monkeypatch):
+    """Accepting a later sibling with p(x) instead of p(x) / (1 - earlier siblings' mass) (the
+    un-renormalised residual) under-accepts it: the law test must fail."""
+    import specdec.verify
+
+    monkeypatch.setattr(specdec.verify, "_point_mass_accept_probs", lambda px, before: px)
+    assert _walk_law_pvalue(WALK_SAMPLING[1]) < 1e-6

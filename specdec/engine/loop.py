@@ -33,7 +33,7 @@ from specdec.contract import (
 from specdec.model import Transformer
 from specdec.models import Net
 from specdec.sampling import SamplingParams, probabilities, sample
-from specdec.tree import DraftTree, root_only
+from specdec.tree import ChildKind, DraftTree, root_only
 from specdec.verify import verify
 
 
@@ -233,9 +233,12 @@ def step(
         hidden, cache, tapped = verify_forward(module, tree, cache, reuse, taps)
         logits = module.logits(hidden)  # [B, T, V] float32
     with jax.named_scope("verify_walk"):
-        # A policy whose trees have one leaf drafts paths: verified without a loop.
+        # Paths (one leaf) and trees of point-mass children are verified without a loop.
         path_only = policy is not None and policy.max_leaves == 1
-        verdict = verify(tree, logits, params, verify_key, path_only=path_only)
+        point_masses = policy is not None and policy.child_kind == ChildKind.DETERMINISTIC
+        verdict = verify(
+            tree, logits, params, verify_key, path_only=path_only, point_masses=point_masses
+        )
 
     with jax.named_scope("commit"):
         active = ~s.done
