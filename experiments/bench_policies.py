@@ -23,6 +23,7 @@ speedup is against plain decoding at the same temperature.
 """
 
 import argparse
+import collections
 import concurrent.futures
 import functools
 import json
@@ -37,6 +38,17 @@ from trees import Chain, Dynamic, Sequoia, SpecExec, Static, StochasticBeam, mea
 from trees.measure import measure_verify_seconds
 
 WIDTHS = (1, 2, 4, 8)
+
+# jax's persistent compilation cache events in this process (hits / misses), for the warm-up line:
+# on the H200 a second call recompiled a grid the first had cached in almost the same time.
+CACHE_EVENTS: collections.Counter = collections.Counter()
+jax.monitoring.register_event_listener(
+    lambda event, **_: (
+        CACHE_EVENTS.update([event.rsplit("/", 1)[-1]])
+        if event.startswith("/jax/compilation_cache/")
+        else None
+    )
+)
 
 
 def chains(budget: int, width: int, children: str, max_depth: int):
@@ -187,8 +199,10 @@ def compare_policies(
                 functools.partial(measure_verify_seconds, target, prompts, b, acceptance)
                 for b in sorted({b for b, _, _ in grid} - set(verify_s))
             ]
-            print(f"  compiled {len(calls)} loops on {compile_workers} threads in "
-                  f"{warm_up(calls, compile_workers, deadline):.1f}s", flush=True)  # fmt: skip
+            seconds = warm_up(calls, compile_workers, deadline)
+            print(f"  compiled {len(calls)} loops on {compile_workers} threads in {seconds:.1f}s "
+                  f"(persistent cache: {CACHE_EVENTS['cache_hits']} hits, "
+                  f"{CACHE_EVENTS['cache_misses']} misses so far)", flush=True)  # fmt: skip
         for budget in sorted({b for b, _, _ in grid}):
             if time.perf_counter() > deadline:
                 print(f"deadline: skipping budget {budget} at T={temperature}", flush=True)
