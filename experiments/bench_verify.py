@@ -3,16 +3,19 @@
     PYTHONPATH=. python experiments/bench_verify.py --smoke     # small shapes, any backend
     PYTHONPATH=. python experiments/bench_verify.py --out DIR  # vocab 16384 (the `small` pair)
 
-`specdec.verify.verify` on a random tree of T nodes (random parents, every node valid, children
-ranked by the target like SpecExec's) with target logits [B, T, V], at temperature 0 and 1:
-milliseconds per call (median of timed calls after a warm-up; the walk is the whole program) for
-`point_masses=True` (what policies with children="top" use) and the loop of T - 1 candidates.
+`specdec.verify.verify` on a random tree of T nodes (random parents, every node valid) with
+target logits [B, T, V]: milliseconds per call (median of timed calls after a warm-up; the walk is
+the whole program) of the walk the decode loop picks against the loop of T - 1 candidates. Point
+masses (children ranked by the target, as SpecExec's; `point_masses=True`) at temperature 0 and
+1; children drawn without replacement from a draft q (RSD) at temperature 1 (`max_children`, the
+sibling rounds over all nodes).
 With --step, also the whole decode step per tree size (`trees.measure.measure_verify_seconds`:
 greedy, a free drafter, a random `small`-shape bf16 target; the verify forward plus the walk).
 Writes DIR/bench_verify.json and .md.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -99,21 +102,35 @@ def main() -> None:
             key = jax.random.key(nodes)
             logits = 3.0 * jax.random.normal(key, (batch, nodes, vocab), jnp.float32)
             tree = random_tree(batch, nodes, logits)
-            for temperature in (0.0, 1.0):
+            # The same topology with children drawn without replacement from a draft q (RSD).
+            draft = jax.nn.softmax(logits + jax.random.normal(jax.random.key(1), logits.shape), -1)
+            sampled = dataclasses.replace(
+                tree,
+                child_kind=jnp.full_like(tree.child_kind, ChildKind.WITHOUT_REPLACEMENT),
+                draft_probs=draft,
+            )
+            parents = np.asarray(tree.parents)
+            widest = max(int(np.sum(parents[b] == u)) for b in range(batch) for u in range(nodes))
+            cases = (
+                ("point masses", tree, 0.0, dict(point_masses=True)),
+                ("point masses", tree, 1.0, dict(point_masses=True)),
+                ("without replacement", sampled, 1.0, dict(max_children=widest)),
+            )
+            for kind, case_tree, temperature, fast in cases:
                 params = SamplingParams.create(temperature)
-                row = dict(batch=batch, nodes=nodes, temperature=temperature)
-                for name, point_masses in (("point_mass_ms", True), ("loop_ms", False)):
-                    walk = jax.jit(verify, static_argnames=("point_masses",))
-                    call = lambda t, lg, k, pm=point_masses, w=walk, p=params: w(
-                        t, lg, p, k, point_masses=pm
-                    )
-                    row[name] = time_ms(call, tree, logits, key)
+                row = dict(batch=batch, nodes=nodes, children=kind, temperature=temperature)
+                for name, options in (("fast_ms", fast), ("loop_ms", {})):
+                    walk = jax.jit(lambda t, lg, k, p=params, o=options: verify(t, lg, p, k, **o))
+                    row[name] = time_ms(walk, case_tree, logits, key)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    lines = ["| B | nodes | T | point-mass walk ms | loop walk ms | speedup |", "|---" * 6 + "|"]
+    lines = [
+        "| B | nodes | children | T | loop-free / by-node walk ms | loop walk ms | speedup |",
+        "|---" * 7 + "|",
+    ]
     lines += [
-        f"| {r['batch']} | {r['nodes']} | {r['temperature']:g} | {r['point_mass_ms']:.3f} "
-        f"| {r['loop_ms']:.3f} | {r['loop_ms'] / r['point_mass_ms']:.1f}x |"
+        f"| {r['batch']} | {r['nodes']} | {r['children']} | {r['temperature']:g} "
+        f"| {r['fast_ms']:.3f} | {r['loop_ms']:.3f} | {r['loop_ms'] / r['fast_ms']:.1f}x |"
         for r in rows
     ]
     lines += [f"\nwhole greedy step ({len(steps)} sizes): " + json.dumps(steps)] if steps else []

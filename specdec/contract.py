@@ -218,6 +218,13 @@ class Policy(abc.ABC):
     def max_depth(self) -> int:
         """Deepest node depth (the root is depth 0)."""
 
+    @property
+    def max_children(self) -> int | None:
+        """Most children any one node of its trees has (a static bound), or None if unknown. The
+        verifier walks trees of sampled children in that many sibling rounds over all nodes at
+        once (`specdec.verify`); without a bound, one candidate at a time."""
+        return None
+
     #: True when node i of the returned tree need not be the node the expander computed at
     #: index i (a policy that reranks a working tree, like EAGLE-2's Dynamic). Self-drafters keep
     #: per-node work by index (`VerifyReuse`, K/V in the target's tree region), so they cannot

@@ -20,6 +20,7 @@ tokens distributed exactly as the target's. At temperature 0, p is one-hot and e
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -225,6 +226,70 @@ def _verify_point_masses(tokens, valid, parents, reach, probs, key):
     return path, n, sample(bonus_key, _normalized(jnp.where(removed, 0.0, p), p))
 
 
+def _accept_probs(px, qx, sampled):
+    """P(accept a usable candidate x): min(1, p(x) / q(x)) if drawn from q, else p(x)."""
+    return jnp.where(sampled, jnp.minimum(1.0, px / jnp.where(qx > 0, qx, 1.0)), px)
+
+
+def _verify_by_node(tokens, valid, kinds, draft_probs, parents, reach, probs, key, max_children):
+    """The walk for any tree whose nodes have at most `max_children` children, in that many
+    rounds over all nodes at once: the same law as `_verify_one`, one uniform per node.
+
+    Shapes: tokens / valid / kinds / parents [T], draft_probs [T, V] or None, reach [T, T],
+    probs [T, V]. When the walk reaches node u, what happens there depends only on u: it tries
+    u's children in order against u's fresh p and q, with the residual updates of the module
+    docstring, until one is accepted or none is left. So every node's sibling sequence is run
+    up front, all nodes together, round r trying each node's r-th child ([T, V] work per round,
+    max_children rounds instead of T - 1 one-candidate iterations); each candidate is tried once,
+    with its own uniform. The accepted path is then the chain of accepted children from the root
+    (as in `_verify_point_masses`), and the bonus comes from the residual p left at its end.
+    Children past `max_children` would never be tried: the verdict stays exact (as if they were
+    not drafted), only less is accepted.
+    """
+    nodes, vocab = probs.shape
+    walk_key, bonus_key = jax.random.split(key)
+    idx = jnp.arange(nodes)
+    candidate = valid & (parents >= 0) & (idx > 0)  # [T]
+    siblings = (parents[:, None] == parents[None, :]) & candidate[:, None] & candidate[None, :]
+    rank = jnp.sum(siblings & (idx[None, :] < idx[:, None]), axis=1)  # [T] among valid siblings
+    slot = jnp.where(candidate & (rank < max_children), rank, max_children)  # past the end: drop
+    child_at = (
+        jnp.full((nodes, max_children), -1, jnp.int32)
+        .at[jnp.where(candidate, parents, nodes), slot]
+        .set(idx.astype(jnp.int32), mode="drop")
+    )  # [T, R]: node u's r-th child, -1 if none
+    draws = jax.random.uniform(walk_key, (nodes,))  # [T] one per candidate
+    sampled = kinds != ChildKind.DETERMINISTIC  # [T] per parent
+    without = kinds == ChildKind.WITHOUT_REPLACEMENT
+    rows_normalized = lambda x, fallback: jax.vmap(_normalized)(x, fallback)
+    p = probs  # [T, V] each node's residual target distribution
+    q = draft_probs if draft_probs is not None else jnp.zeros_like(probs)  # [T, V]
+    chosen = jnp.full((nodes,), -1, jnp.int32)  # [T] the accepted child of each node
+    for r in range(max_children):
+        j = child_at[:, r]  # [T]
+        live = (j >= 0) & (chosen < 0)
+        jj = jnp.maximum(j, 0)
+        x = tokens[jj]  # [T]
+        px, qx = p[idx, x], q[idx, x]  # [T]
+        usable = live & (~sampled | (qx > 0))
+        accept = usable & (draws[jj] < _accept_probs(px, qx, sampled))
+        rejected = (usable & ~accept)[:, None]  # [T, 1]
+        is_x = jnp.arange(vocab)[None, :] == x[:, None]  # [T, V]
+        residual = jnp.where(sampled[:, None], jnp.maximum(p - q, 0.0), jnp.where(is_x, 0.0, p))
+        p = jnp.where(rejected, rows_normalized(residual, p), p)
+        if draft_probs is not None:
+            q_rejected = rows_normalized(jnp.where(is_x, 0.0, q), q)
+            q = jnp.where(rejected & without[:, None], q_rejected, q)
+        chosen = jnp.where(accept, j, chosen)
+    taken = candidate & (chosen[jnp.maximum(parents, 0)] == idx)  # [T]
+    on_path = jnp.all(~reach | (taken | (idx == 0))[None, :], axis=1) & valid  # [T]
+    on_path = on_path.at[0].set(True)
+    n = jnp.sum(on_path.astype(jnp.int32)) - 1
+    path = jnp.sort(jnp.where(on_path, idx, nodes))  # ancestors have lower indices: depth order
+    path = jnp.where(path < nodes, path, 0).astype(jnp.int32)
+    return path, n, sample(bonus_key, p[path[n]])
+
+
 def verify(
     tree: DraftTree,
     logits: jax.Array,
@@ -233,6 +298,7 @@ def verify(
     *,
     path_only: bool = False,
     point_masses: bool = False,
+    max_children: int | None = None,
 ) -> Verdict:
     """Verify each sequence's tree against target logits [B, T, V] (float32, one row per node).
 
@@ -243,6 +309,9 @@ def verify(
     with children="top"); the walk then runs without a loop (`_verify_point_masses`): the same
     law with its own draws, so verdicts equal the loop's at temperature 0 and in distribution
     otherwise. path_only takes precedence.
+    max_children: a static bound on any node's children (the policy's); other trees are then
+    walked in that many rounds over all nodes (`_verify_by_node`, the same law with its own
+    draws) instead of one candidate per iteration.
     """
     first_child, next_sibling = sibling_links(tree.parents, tree.valid)
     keys = jax.random.split(key, tree.tokens.shape[0])
@@ -260,6 +329,14 @@ def verify(
         path, n, bonus = jax.vmap(_verify_point_masses)(
             tree.tokens, tree.valid, tree.parents, reach, probs, keys
         )
+        return Verdict(path=path, num_accepted=n, bonus=bonus)
+    if max_children is not None and tree.num_nodes > 1:
+        reach = ancestor_mask(tree.parents, tree.valid)  # [B, T, T]
+        walk = functools.partial(_verify_by_node, max_children=max(1, max_children))
+        path, n, bonus = jax.vmap(walk)(
+            tree.tokens, tree.valid, tree.child_kind, tree.draft_probs, tree.parents, reach,
+            probs, keys,
+        )  # fmt: skip
         return Verdict(path=path, num_accepted=n, bonus=bonus)
     path, n, bonus = jax.vmap(_verify_one)(
         tree.tokens,
@@ -336,9 +413,10 @@ def verify_reference(
     *,
     path_only: bool = False,  # accepted for a drop-in swap with `verify`; the walk needs no hint
     point_masses: bool = False,
+    max_children: int | None = None,
 ) -> Verdict:
     """`verify` as the straightforward data-dependent walk (tests and benchmarks compare)."""
-    del path_only, point_masses
+    del path_only, point_masses, max_children
     first_child, next_sibling = sibling_links(tree.parents, tree.valid)
     keys = jax.random.split(key, tree.tokens.shape[0])
     one = lambda t, v, c, q, lg, fc, ns, k: _verify_one_reference(t, v, c, q, lg, fc, ns, params, k)

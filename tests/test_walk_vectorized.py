@@ -298,3 +298,132 @@ def test_point_mass_walk_law_test_catches_a_wrong_rule(monkeypatch):
 
     monkeypatch.setattr(specdec.verify, "_point_mass_accept_probs", lambda px, before: px)
     assert _walk_law_pvalue(WALK_SAMPLING[1]) < 1e-6
+
+
+# ---- the walk in sibling rounds over all nodes (any child kinds) ------------------------------
+
+
+def _max_children(parents, valid) -> int:
+    counts = [
+        np.sum((parents[b] == u) & valid[b] & (np.arange(parents.shape[1]) > 0))
+        for b in range(parents.shape[0])
+        for u in range(parents.shape[1])
+    ]
+    return max(1, int(max(counts)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(random_trees(), st.booleans(), st.sampled_from(KINDS), st.integers(0, 3))
+def test_by_node_walk_equals_while_walk_at_temperature_zero(tree, with_q, kinds_choice, extra):
+    """Greedy: the same verdicts as the data-dependent walk, for every child kind, with the
+    tight bound on children and with a looser one."""
+    parents, valid, seed = tree
+    tree, logits = _tree(parents, valid, seed, with_q, kinds_choice)
+    params, key = SamplingParams.create(0.0), jax.random.key(seed)
+    bound = _max_children(parents, valid) + extra
+    got = jax.jit(lambda t, lg, k: verify(t, lg, params, k, max_children=bound))(tree, logits, key)
+    want = reference_verify(tree, logits, params, key)
+    np.testing.assert_array_equal(np.asarray(got.num_accepted), np.asarray(want.num_accepted))
+    np.testing.assert_array_equal(np.asarray(got.bonus), np.asarray(want.bonus))
+    np.testing.assert_array_equal(np.asarray(got.path), np.asarray(want.path))
+
+
+def _exact_walk_law(tokens, kinds, q_all, probs) -> dict:
+    """P(emitted = s) for the fixed LAW tree under the module docstring's rules, in float64."""
+    law = {}
+
+    def normalized(x, fallback):
+        return x / x.sum() if x.sum() > 0 else fallback
+
+    def visit(node, prefix, mass):
+        p, q, kind = probs[node].copy(), q_all[node].copy(), kinds[node]
+        sampled = kind != ChildKind.DETERMINISTIC
+        for j in range(len(tokens)):
+            if LAW_PARENTS[j] != node or not LAW_VALID[j]:
+                continue
+            x = int(tokens[j])
+            if sampled and q[x] <= 0:
+                continue  # a draw from q cannot be x: the candidate is absent
+            a = min(1.0, p[x] / q[x]) if sampled else p[x]
+            if a > 0:
+                visit(j, (*prefix, x), mass * a)
+            mass *= 1.0 - a
+            residual = np.maximum(p - q, 0.0) if sampled else np.where(np.arange(VOCAB) == x, 0, p)
+            p = normalized(residual, p)
+            if kind == ChildKind.WITHOUT_REPLACEMENT:
+                q = normalized(np.where(np.arange(VOCAB) == x, 0.0, q), q)
+        for t in range(VOCAB):
+            law[(*prefix, t)] = law.get((*prefix, t), 0.0) + mass * p[t]
+
+    visit(0, (), 1.0)
+    return law
+
+
+LAW_KINDS = {
+    "with": [ChildKind.WITH_REPLACEMENT] * len(LAW_PARENTS),
+    "without": [ChildKind.WITHOUT_REPLACEMENT] * len(LAW_PARENTS),
+    "mixed": [2, 1, 0, 2, 1, 2, 0, 1, 2],
+}
+
+
+def _sampled_walk_pvalue(kinds_name, sampling, walk="by_node", samples: int = 20_000) -> float:
+    params = SamplingParams.create(*sampling)
+    rng = np.random.default_rng(11)
+    nodes = len(LAW_PARENTS)
+    kinds = np.asarray(LAW_KINDS[kinds_name], np.int32)
+    logits = jnp.asarray(rng.normal(size=(nodes, VOCAB)).astype(np.float32) * 1.5)
+    probs = np.asarray(probabilities(logits, params), np.float64)
+    # An over-confident draft (sharper than the target): its likeliest tokens are accepted with
+    # probability p / q < 1, so every walk mixes acceptances and rejections; a little noise
+    # keeps q > 0 everywhere.
+    noise = rng.exponential(size=(nodes, VOCAB))
+    q_all = np.asarray(jax.nn.softmax(2.5 * logits)) + 0.05 * noise / noise.sum(-1, keepdims=True)
+    q_all = (q_all / q_all.sum(-1, keepdims=True)).astype(np.float32)
+    tokens = np.zeros(nodes, np.int32)  # each node's children: its q's likeliest tokens
+    for parent in range(nodes):
+        kids = [j for j in range(nodes) if LAW_PARENTS[j] == parent]
+        tokens[kids] = np.argsort(-q_all[parent])[: len(kids)]
+    tokens[4] = tokens[3]  # a repeated sibling token (unusable once drawn without replacement)
+    tile = lambda x: jnp.broadcast_to(jnp.asarray(x), (samples, *np.shape(x)))
+    tree = DraftTree(
+        tokens=tile(tokens),
+        parents=tile(LAW_PARENTS),
+        depths=jnp.zeros((samples, nodes), jnp.int32),
+        valid=tile(LAW_VALID),
+        child_kind=tile(kinds),
+        draft_probs=tile(q_all),
+    )
+    run = verify_reference if walk == "reference" else verify
+    options = {} if walk == "reference" else {"max_children": 4}
+    verdict = jax.jit(lambda t, lg, k: run(t, lg, params, k, **options))(
+        tree, tile(logits), jax.random.key(1)
+    )  # a fresh trace: a patched helper is seen
+    emitted = np.asarray(verdict.emitted(tree))
+    n = np.asarray(verdict.num_accepted)
+    law = _exact_walk_law(tokens, kinds, q_all.astype(np.float64), probs)
+    index = {s: i for i, s in enumerate(law)}
+    counts = np.zeros(len(law))
+    for row, k in zip(emitted, n, strict=True):
+        counts[index[tuple(int(x) for x in row[: k + 1])]] += 1  # KeyError: an impossible output
+    return chi_square_pvalue(counts, np.array(list(law.values())))
+
+
+@pytest.mark.parametrize("kinds_name", list(LAW_KINDS))
+@pytest.mark.parametrize("sampling", WALK_SAMPLING)
+def test_by_node_walk_emits_the_walk_law(kinds_name, sampling):
+    """Sampled children (i.i.d., without replacement, mixed with point masses), repeated tokens:
+    the emitted sequences follow the sequential rule's law, computed exactly."""
+    assert _sampled_walk_pvalue(kinds_name, sampling) > 1e-3
+
+
+def test_the_exact_walk_law_is_the_reference_walks():
+    """The law the test uses is the data-dependent walk's (so the test checks the rule itself)."""
+    assert _sampled_walk_pvalue("mixed", WALK_SAMPLING[1], walk="reference") > 1e-3
+
+
+def test_by_node_walk_law_test_catches_a_wrong_rule(monkeypatch):
+    """Accepting sampled children with p(x) (the point-mass rule) is wrong for draws from q."""
+    import specdec.verify
+
+    monkeypatch.setattr(specdec.verify, "_accept_probs", lambda px, qx, sampled: px)
+    assert _sampled_walk_pvalue("without", WALK_SAMPLING[1]) < 1e-6

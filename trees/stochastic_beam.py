@@ -93,6 +93,10 @@ class StochasticBeam(Policy):
     def max_leaves(self) -> int:
         return self.width  # the last level; every earlier node is expanded (padding included)
 
+    @property
+    def max_children(self) -> int:
+        return self.width  # a level's beams may all extend one parent
+
     def check(self, vocab_size: int) -> None:
         if self.width > vocab_size:
             raise ValueError(

@@ -233,11 +233,18 @@ def step(
         hidden, cache, tapped = verify_forward(module, tree, cache, reuse, taps)
         logits = module.logits(hidden)  # [B, T, V] float32
     with jax.named_scope("verify_walk"):
-        # Paths (one leaf) and trees of point-mass children are verified without a loop.
+        # Paths (one leaf) and trees of point-mass children are verified without a loop, trees
+        # with a known bound on children in that many rounds over all nodes.
         path_only = policy is not None and policy.max_leaves == 1
         point_masses = policy is not None and policy.child_kind == ChildKind.DETERMINISTIC
         verdict = verify(
-            tree, logits, params, verify_key, path_only=path_only, point_masses=point_masses
+            tree,
+            logits,
+            params,
+            verify_key,
+            path_only=path_only,
+            point_masses=point_masses,
+            max_children=None if policy is None else policy.max_children,
         )
 
     with jax.named_scope("commit"):
