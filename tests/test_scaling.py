@@ -1,6 +1,8 @@
 """The scaling experiments' shared pieces that run without decoding: the log-linear fit with
 bootstrap intervals (experiments.scaling.fit) and the fixed-budget policy families."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,21 @@ def test_per_row_counts_add_up_to_generate_stats():
     assert rows.tau == pytest.approx(out.stats.tau)
     assert tuple(rows.emit_hist.sum(axis=0)[:4]) == out.stats.accepted_length_histogram
     assert rows.emitted.tolist() == (out.lengths - 1).tolist()
+
+
+def test_a_policy_run_becomes_the_budget_notebooks_gpu_result(tmp_path):
+    """The H200 policy comparison (gpu_speculation's policies phase) as experiment 1's file: the
+    same rows, and the metadata every figure caption needs."""
+    from experiments.scaling import common
+    from train.tokens import REPO_ROOT
+
+    spec = REPO_ROOT / "experiments" / "results" / "policies_h200" / "spec.json"
+    path = budget.from_policy_run(spec, tmp_path)
+    data = json.loads(path.read_text())
+    assert path.name == "budget.json" and not data["smoke"]
+    assert data["rows"] == json.loads(spec.read_text())["policies"]["rows"]
+    meta = data["meta"]
+    assert meta["models"]["target"]["params"] == 100_680_000
+    assert meta["models"]["draft"]["train_tokens"] == 58_800_000
+    caption = common.caption(meta, drafter=meta["drafter"], batch=meta["batch"])
+    assert "NVIDIA H200" in caption and "batch 4" in caption

@@ -21,9 +21,12 @@ wall time (compilation excluded: one warm-up run, then the median of --repeats);
 against plain decoding of the same target at the same temperature in the same process.
 """
 
+import json
+import re
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import specdec
 from drafters import DraftModel
@@ -187,5 +190,53 @@ def smoke() -> common.Recorder:
     return main(["--smoke"])
 
 
+def from_policy_run(spec_json: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write this experiment's GPU result file from a `gpu_speculation.py --phases policies` run
+    (`experiments/bench_policies.compare_policies`: the same fixed-budget protocol, best variant
+    per family by tau, no Adaptive rows), for the notebook. Returns the file written."""
+    run = json.loads(Path(spec_json).read_text())
+    training = run["training"]
+
+    def model(summary: str) -> dict:
+        params = re.search(r"params ([\d.]+)M", summary)
+        tokens = re.search(r"([\d.]+)M tokens", summary)
+        ppl = re.search(r"held-out loss [\d.]+ \(ppl ([\d.]+)", summary)
+        return {
+            "params": int(float(params.group(1)) * 1e6),
+            "train_tokens": int(float(tokens.group(1)) * 1e6),
+            "heldout_ppl": float(ppl.group(1)),
+            "summary": summary,
+        }
+
+    devices, device = run["device"].split(" x ", 1)
+    settings = run["env"]["settings"]
+    rows = [dict(r) for r in run["policies"]["rows"]]
+    meta = {
+        "models": {"target": model(training["target"]), "draft": model(training["draft"])},
+        "data": common.DATA,
+        "hardware": {"platform": "gpu", "device": device, "devices": int(devices)},
+        "smoke": False,
+        "source": f"{spec_json} (experiments/gpu_speculation.py --phases policies)",
+        "versions": run["env"]["versions"],
+        "prompts": 4,  # the first 4 held-out ShareGPT prompts (their lengths are in the run file)
+        "max_new_tokens": 64,
+        "drafter": "DraftModel",
+        "batch": 4,  # the policies phase decodes its 4 prompts as one batch
+        "temperatures": sorted({r["temperature"] for r in rows}),
+        "budgets": sorted({r["budget"] for r in rows}),
+        "max_depth": 8,
+        "settings": settings,
+    }
+    data = {"experiment": NAME, "smoke": False, "meta": meta, "rows": rows,
+            "acceptance": run["policies"]["acceptance"]}  # fmt: skip
+    path = common.result_path(NAME, False, out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--from-policy-run"]:  # python -m ... --from-policy-run SPEC_JSON
+        print(from_policy_run(sys.argv[2]))
+    else:
+        main(sys.argv[1:])
