@@ -107,3 +107,87 @@ def test_commit_moves_the_kept_path_next_to_the_prefix(data):
             np.asarray(out.v[0])[b, : start + n, 0, 0], -want[: start + n]
         )
     np.testing.assert_array_equal(np.asarray(out.lengths), lengths + num_keep)
+
+
+# ---- StaticShapePolicy's level-at-once construction against the node-by-node one --------------
+
+
+def _choose_children_node_by_node(policy, tree, frontier, logits, q, greedy, key):
+    """The per-node loop `_choose_children` replaced (same draws, one update per child)."""
+    import jax
+
+    from specdec.sampling import sample, sample_without_replacement
+    from specdec.tree import ChildKind
+
+    topo = policy.topology
+    max_children = max(len(topo.children(int(u))) for u in frontier)
+    ranked = min(max_children, logits.shape[-1])
+    top_vals, top_tok = jax.lax.top_k(logits, ranked)
+    pad = ((0, 0), (0, 0), (0, max_children - ranked))
+    top_ok, top_tok = jnp.pad(top_vals > -jnp.inf, pad), jnp.pad(top_tok, pad)
+    if policy.child_kind == ChildKind.WITH_REPLACEMENT:
+        shape = (*q.shape[:2], max_children, q.shape[2])
+        draws = sample(key, jnp.broadcast_to(q[:, :, None, :], shape))
+        draws_ok = jnp.ones_like(top_ok)
+    elif policy.child_kind == ChildKind.WITHOUT_REPLACEMENT:
+        draws, draws_ok = sample_without_replacement(key, q, max_children)
+    else:
+        draws, draws_ok = top_tok, top_ok
+    tokens, valid = tree.tokens, tree.valid
+    for f, parent in enumerate(frontier):
+        for child in topo.children(int(parent)):
+            rank = topo.ranks[child]
+            tokens = tokens.at[:, child].set(
+                jnp.where(greedy, top_tok[:, f, rank], draws[:, f, rank])
+            )
+            valid = valid.at[:, child].set(
+                jnp.where(greedy, top_ok[:, f, rank], draws_ok[:, f, rank])
+            )
+    return tokens, valid
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    rank_paths(),
+    st.sampled_from(["top", "sample", "sample_without_replacement"]),
+    st.booleans(),
+    st.integers(0, 2**31 - 1),
+)
+def test_static_levels_are_built_like_node_by_node(paths, children, greedy, seed):
+    """Tokens and validity of every level equal the node-by-node construction (the same draws),
+    and pruning per depth equals pruning node by node."""
+    import jax
+
+    from specdec.sampling import SamplingParams, probabilities
+    from specdec.tree import DraftTree
+    from trees import Static
+
+    if not paths:
+        return
+    policy = Static([list(p) for p in paths], children)
+    topo, batch, vocab = policy.topology, 2, 5
+    rng = np.random.default_rng(seed)
+    tree = DraftTree(
+        tokens=jnp.zeros((batch, topo.num_nodes), jnp.int32),
+        parents=jnp.broadcast_to(jnp.asarray(topo.parents), (batch, topo.num_nodes)),
+        depths=jnp.broadcast_to(jnp.asarray(topo.depths), (batch, topo.num_nodes)),
+        valid=jnp.ones((batch, topo.num_nodes), bool),
+        child_kind=jnp.zeros((batch, topo.num_nodes), jnp.int32),
+        draft_probs=None,
+    )
+    key = jax.random.key(seed)
+    for frontier in topo.levels():
+        logits = rng.normal(size=(batch, len(frontier), vocab)).astype(np.float32)
+        logits[rng.random(logits.shape) < 0.3] = -np.inf  # absent candidates
+        logits[..., 0] = 0.0  # every q keeps some mass
+        logits = jnp.asarray(logits)
+        q = probabilities(logits, SamplingParams.create(1.0))
+        key, level_key = jax.random.split(key)
+        want = _choose_children_node_by_node(policy, tree, frontier, logits, q, greedy, level_key)
+        tree = policy._choose_children(tree, frontier, logits, q, greedy, level_key)
+        np.testing.assert_array_equal(np.asarray(tree.tokens), np.asarray(want[0]))
+        np.testing.assert_array_equal(np.asarray(tree.valid), np.asarray(want[1]))
+    valid = np.asarray(tree.valid).copy()
+    for i in range(1, topo.num_nodes):  # node by node, parents first
+        valid[:, i] &= valid[:, topo.parents[i]]
+    np.testing.assert_array_equal(np.asarray(policy._prune(tree.valid)), valid)

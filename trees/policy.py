@@ -148,11 +148,19 @@ class StaticShapePolicy(Policy):
                 draft_probs = draft_probs.at[:, frontier].set(q)
             key, level_key = jax.random.split(key)
             tree = self._choose_children(tree, frontier, logits, q, greedy, level_key)
-        # Descendants of pruned nodes are pruned too.
-        valid = tree.valid
-        for i in range(1, nodes):
-            valid = valid.at[:, i].set(valid[:, i] & valid[:, topo.parents[i]])
+        valid = self._prune(tree.valid)
         return dataclasses.replace(tree, valid=valid, draft_probs=draft_probs), state
+
+    def _prune(self, valid: jax.Array) -> jax.Array:
+        """valid [B, T] with the descendants of invalid nodes invalid too: one update per depth
+        (parents first), not one per node (a 1024-node tree would otherwise unroll into ~1000
+        tiny GPU kernels)."""
+        topo = self.topology
+        parents, depths = np.asarray(topo.parents), np.asarray(topo.depths)
+        for depth in range(1, topo.max_depth + 1):
+            level = np.flatnonzero(depths == depth)  # [N_d]
+            valid = valid.at[:, level].set(valid[:, level] & valid[:, parents[level]])
+        return valid
 
     def _choose_children(self, tree, frontier, logits, q, greedy, key):
         topo = self.topology
@@ -174,12 +182,13 @@ class StaticShapePolicy(Policy):
             draws, draws_ok = sample_without_replacement(key, q, max_children)
         else:
             draws, draws_ok = top_tok, top_ok
-        tokens, valid = tree.tokens, tree.valid
-        for f, parent in enumerate(frontier):
-            for child in topo.children(int(parent)):
-                rank = topo.ranks[child]
-                tok = jnp.where(greedy, top_tok[:, f, rank], draws[:, f, rank])
-                ok = jnp.where(greedy, top_ok[:, f, rank], draws_ok[:, f, rank])
-                tokens = tokens.at[:, child].set(tok)
-                valid = valid.at[:, child].set(ok)
-        return dataclasses.replace(tree, tokens=tokens, valid=valid)
+        # Every child of the level at once: its parent's frontier slot and its rank there.
+        kids = [(c, f) for f, parent in enumerate(frontier) for c in topo.children(int(parent))]
+        child = np.array([c for c, _ in kids], np.int32)  # [C]
+        slot = np.array([f for _, f in kids], np.int32)  # [C]
+        rank = np.array([topo.ranks[c] for c, _ in kids], np.int32)  # [C]
+        tok = jnp.where(greedy, top_tok[:, slot, rank], draws[:, slot, rank])  # [B, C]
+        ok = jnp.where(greedy, top_ok[:, slot, rank], draws_ok[:, slot, rank])  # [B, C]
+        return dataclasses.replace(
+            tree, tokens=tree.tokens.at[:, child].set(tok), valid=tree.valid.at[:, child].set(ok)
+        )
