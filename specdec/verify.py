@@ -176,6 +176,19 @@ def _verify_path(tokens, valid, kinds, draft_probs, probs, first_child, key):
     return path, n, sample(bonus_key, p)
 
 
+def _accepted_path(taken, reach, valid):
+    """(path [T], n) from taken [T] (node j is its parent's accepted child) and reach [T, T]: a
+    node is on the accepted path iff every non-root node from the root to it was taken; the
+    path lists them root-first (ancestors have lower indices), zeros past its n + 1 nodes."""
+    nodes = taken.shape[0]
+    idx = jnp.arange(nodes)
+    on_path = jnp.all(~reach | (taken | (idx == 0))[None, :], axis=1) & valid  # [T]
+    on_path = on_path.at[0].set(True)
+    n = jnp.sum(on_path.astype(jnp.int32)) - 1
+    path = jnp.sort(jnp.where(on_path, idx, nodes))
+    return jnp.where(path < nodes, path, 0).astype(jnp.int32), n
+
+
 def _point_mass_accept_probs(px, before):
     """P(accept candidate j | it is tried) for point-mass children: p_j(x_j) = p(x_j) / (1 - S_j),
     S_j = the mass of the earlier distinct siblings (all rejected before j is tried)."""
@@ -214,12 +227,7 @@ def _verify_point_masses(tokens, valid, parents, reach, probs, key):
     # first accepted child of each node (T if none), then: is j its parent's first accepted child
     child_of = (parents[None, :] == idx[:, None]) & accept[None, :]  # [T parent, T child]
     first = jnp.min(jnp.where(child_of, idx[None, :], nodes), axis=1)  # [T]
-    taken = accept & (first[jnp.maximum(parents, 0)] == idx)  # [T]
-    on_path = jnp.all(~reach | (taken | (idx == 0))[None, :], axis=1) & valid  # [T]
-    on_path = on_path.at[0].set(True)
-    n = jnp.sum(on_path.astype(jnp.int32)) - 1
-    path = jnp.sort(jnp.where(on_path, idx, nodes))  # ancestors have lower indices: depth order
-    path = jnp.where(path < nodes, path, 0).astype(jnp.int32)
+    path, n = _accepted_path(accept & (first[jnp.maximum(parents, 0)] == idx), reach, valid)
     last = path[n]
     removed = jnp.zeros((vocab,), bool).at[tokens].max(usable & (parents == last))  # [V]
     p = probs[last]
@@ -281,12 +289,7 @@ def _verify_by_node(tokens, valid, kinds, draft_probs, parents, reach, probs, ke
             q_rejected = rows_normalized(jnp.where(is_x, 0.0, q), q)
             q = jnp.where(rejected & without[:, None], q_rejected, q)
         chosen = jnp.where(accept, j, chosen)
-    taken = candidate & (chosen[jnp.maximum(parents, 0)] == idx)  # [T]
-    on_path = jnp.all(~reach | (taken | (idx == 0))[None, :], axis=1) & valid  # [T]
-    on_path = on_path.at[0].set(True)
-    n = jnp.sum(on_path.astype(jnp.int32)) - 1
-    path = jnp.sort(jnp.where(on_path, idx, nodes))  # ancestors have lower indices: depth order
-    path = jnp.where(path < nodes, path, 0).astype(jnp.int32)
+    path, n = _accepted_path(candidate & (chosen[jnp.maximum(parents, 0)] == idx), reach, valid)
     return path, n, sample(bonus_key, p[path[n]])
 
 
