@@ -259,7 +259,12 @@ def step(
         count = jnp.where(active, jnp.minimum(count, max_new - s.num_generated), 0)
         # The cache keeps the root and the emitted drafts; the last emitted token is the next
         # root. So exactly `count` path nodes are committed and lengths stays hist_len - 1.
-        cache = cache.commit(verdict.path, count)
+        # The root is region slot 0 and stays there: a root-only tree (plain decoding) moves
+        # no K/V (a gather + scatter per layer and buffer otherwise, every step).
+        if tree.num_nodes == 1:
+            cache = cache.advance(count)
+        else:
+            cache = cache.commit(verdict.path, count)
         dest = jnp.where(
             offsets < count[:, None], s.hist_len[:, None] + offsets, s.history.shape[1]
         )
