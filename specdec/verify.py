@@ -58,7 +58,8 @@ def _normalized(x: jax.Array, fallback: jax.Array) -> jax.Array:
 
 
 def _verify_one(tokens, valid, kinds, draft_probs, probs, first_child, next_sibling, key):
-    """Verification walk for one sequence. Shapes: [T] / [T, V]; returns (path [T], n, bonus).
+    """Verification walk for one sequence. Shapes: [T] / [T, V]; returns (path [T], n, the
+    residual p [V] the bonus is drawn from).
 
     probs [T, V] holds each node's fresh target distribution (`probabilities` of its logits).
 
@@ -73,7 +74,7 @@ def _verify_one(tokens, valid, kinds, draft_probs, probs, first_child, next_sibl
     (`verify_reference` at the bottom of this module).
     """
     nodes, vocab = probs.shape
-    walk_key, bonus_key = jax.random.split(key)
+    walk_key = jax.random.split(key)[0]  # [1] draws the bonus (`_bonus`)
     # u for the i-th candidate tried; drawn up front (the same draws the walk made one by one).
     draws = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(walk_key, i)))(
         jnp.arange(max(nodes - 1, 1))
@@ -131,7 +132,7 @@ def _verify_one(tokens, valid, kinds, draft_probs, probs, first_child, next_sibl
     # Short walks (chains) unroll fully so XLA can fuse across candidates.
     trips = nodes - 1
     final = jax.lax.fori_loop(0, trips, body, init, unroll=trips <= UNROLL_MAX) if trips else init
-    return final["path"], final["n"], sample(bonus_key, final["p"])
+    return final["path"], final["n"], final["p"]
 
 
 def _verify_path(tokens, valid, kinds, draft_probs, probs, first_child, key):
@@ -144,7 +145,7 @@ def _verify_path(tokens, valid, kinds, draft_probs, probs, first_child, key):
     stopped needs a vocabulary-wide residual (when its child was usable and rejected).
     """
     nodes, vocab = probs.shape
-    walk_key, bonus_key = jax.random.split(key)
+    walk_key = jax.random.split(key)[0]  # [1] draws the bonus (`_bonus`)
     draws = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(walk_key, i)))(
         jnp.arange(nodes - 1)
     )  # [T - 1]: the k-th candidate is tried at step k - 1
@@ -173,7 +174,7 @@ def _verify_path(tokens, valid, kinds, draft_probs, probs, first_child, key):
     q = draft_probs[last] if draft_probs is not None else jnp.zeros((vocab,), jnp.float32)
     residual = jnp.where(sampled[tried], jnp.maximum(p - q, 0.0), p.at[x[tried]].set(0.0))
     p = jnp.where(rejected, _normalized(residual, p), p)
-    return path, n, sample(bonus_key, p)
+    return path, n, p
 
 
 def _accepted_path(taken, reach, valid):
@@ -213,7 +214,7 @@ def _verify_point_masses(tokens, valid, parents, reach, probs, key):
     rule gives its later copies probability 0).
     """
     nodes, vocab = probs.shape
-    walk_key, bonus_key = jax.random.split(key)
+    walk_key = jax.random.split(key)[0]  # [1] draws the bonus (`_bonus`)
     idx = jnp.arange(nodes)
     candidate = valid & (parents >= 0) & (idx > 0)  # [T]
     px = probs[jnp.maximum(parents, 0), tokens]  # [T] p at each candidate's parent
@@ -231,7 +232,7 @@ def _verify_point_masses(tokens, valid, parents, reach, probs, key):
     last = path[n]
     removed = jnp.zeros((vocab,), bool).at[tokens].max(usable & (parents == last))  # [V]
     p = probs[last]
-    return path, n, sample(bonus_key, _normalized(jnp.where(removed, 0.0, p), p))
+    return path, n, _normalized(jnp.where(removed, 0.0, p), p)
 
 
 def _accept_probs(px, qx, sampled):
@@ -255,7 +256,7 @@ def _verify_by_node(tokens, valid, kinds, draft_probs, parents, reach, probs, ke
     not drafted), only less is accepted.
     """
     nodes, vocab = probs.shape
-    walk_key, bonus_key = jax.random.split(key)
+    walk_key = jax.random.split(key)[0]  # [1] draws the bonus (`_bonus`)
     idx = jnp.arange(nodes)
     candidate = valid & (parents >= 0) & (idx > 0)  # [T]
     siblings = (parents[:, None] == parents[None, :]) & candidate[:, None] & candidate[None, :]
@@ -290,7 +291,7 @@ def _verify_by_node(tokens, valid, kinds, draft_probs, parents, reach, probs, ke
             q = jnp.where(rejected & without[:, None], q_rejected, q)
         chosen = jnp.where(accept, j, chosen)
     path, n = _accepted_path(candidate & (chosen[jnp.maximum(parents, 0)] == idx), reach, valid)
-    return path, n, sample(bonus_key, p[path[n]])
+    return path, n, p[path[n]]
 
 
 def verify(
@@ -322,36 +323,39 @@ def verify(
     # instead of one per walk iteration (its `lax.cond`s each wait for the host on GPU unless
     # XLA captures them in a command buffer). Costs a [B, T, V] float32 buffer beside the logits.
     probs = probabilities(logits, params)  # [B, T, V]
-    if path_only and tree.num_nodes > 1:
-        path, n, bonus = jax.vmap(_verify_path)(
+    nodes = tree.num_nodes
+    if path_only and nodes > 1:
+        path, n, p = jax.vmap(_verify_path)(
             tree.tokens, tree.valid, tree.child_kind, tree.draft_probs, probs, first_child, keys
         )
-        return Verdict(path=path, num_accepted=n, bonus=bonus)
-    if point_masses and tree.num_nodes > 1:
+    elif point_masses and nodes > 1:
         reach = ancestor_mask(tree.parents, tree.valid)  # [B, T, T]
-        path, n, bonus = jax.vmap(_verify_point_masses)(
+        path, n, p = jax.vmap(_verify_point_masses)(
             tree.tokens, tree.valid, tree.parents, reach, probs, keys
         )
-        return Verdict(path=path, num_accepted=n, bonus=bonus)
-    if max_children is not None and tree.num_nodes > 1:
+    elif max_children is not None and nodes > 1:
         reach = ancestor_mask(tree.parents, tree.valid)  # [B, T, T]
         walk = functools.partial(_verify_by_node, max_children=max(1, max_children))
-        path, n, bonus = jax.vmap(walk)(
+        path, n, p = jax.vmap(walk)(
             tree.tokens, tree.valid, tree.child_kind, tree.draft_probs, tree.parents, reach,
             probs, keys,
         )  # fmt: skip
-        return Verdict(path=path, num_accepted=n, bonus=bonus)
-    path, n, bonus = jax.vmap(_verify_one)(
-        tree.tokens,
-        tree.valid,
-        tree.child_kind,
-        tree.draft_probs,
-        probs,
-        first_child,
-        next_sibling,
-        keys,
-    )
-    return Verdict(path=path, num_accepted=n, bonus=bonus)
+    else:
+        path, n, p = jax.vmap(_verify_one)(
+            tree.tokens, tree.valid, tree.child_kind, tree.draft_probs, probs, first_child,
+            next_sibling, keys,
+        )  # fmt: skip
+    return Verdict(path=path, num_accepted=n, bonus=_bonus(keys, p, params.mode == "greedy"))
+
+
+def _bonus(keys: jax.Array, p: jax.Array, greedy: bool) -> jax.Array:
+    """int32 [B]: the bonus token of each row from the residual p [B, V] where its walk ended,
+    drawn with the second half of the row's key (as `verify_reference` does). Greedy, p is
+    one-hot (every residual of a one-hot p is itself or falls back to it), so its argmax is the
+    draw, without the random bits and logarithms of a categorical over the vocabulary."""
+    if greedy:
+        return jnp.argmax(p, axis=-1).astype(jnp.int32)
+    return jax.vmap(sample)(jax.vmap(lambda k: jax.random.split(k)[1])(keys), p)
 
 
 # ---- reference ---------------------------------------------------------------------------------
