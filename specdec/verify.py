@@ -57,7 +57,7 @@ def _normalized(x: jax.Array, fallback: jax.Array) -> jax.Array:
     return jnp.where(total > 0, x / jnp.where(total > 0, total, 1.0), fallback)
 
 
-def _verify_one(tokens, valid, kinds, draft_probs, probs, first_child, next_sibling, key):
+def _verify_one(tokens, valid, kinds, draft_probs, probs, first_child, next_sibling, draws):
     """Verification walk for one sequence. Shapes: [T] / [T, V]; returns (path [T], n, the
     residual p [V] the bonus is drawn from).
 
@@ -74,11 +74,8 @@ def _verify_one(tokens, valid, kinds, draft_probs, probs, first_child, next_sibl
     (`verify_reference` at the bottom of this module).
     """
     nodes, vocab = probs.shape
-    walk_key = jax.random.split(key)[0]  # [1] draws the bonus (`_bonus`)
-    # u for the i-th candidate tried; drawn up front (the same draws the walk made one by one).
-    draws = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(walk_key, i)))(
-        jnp.arange(max(nodes - 1, 1))
-    )  # [max(T - 1, 1)]
+    # draws [T]: u for the i-th candidate tried, drawn up front (`_walk_uniforms`: the same
+    # draws the walk made one by one).
     # Without draft distributions q is identically zero (and no sampled child is ever usable).
     has_q = draft_probs is not None
     zeros = jnp.zeros((vocab,), jnp.float32)
@@ -135,7 +132,7 @@ def _verify_one(tokens, valid, kinds, draft_probs, probs, first_child, next_sibl
     return final["path"], final["n"], final["p"]
 
 
-def _verify_path(tokens, valid, kinds, draft_probs, probs, first_child, key):
+def _verify_path(tokens, valid, kinds, draft_probs, probs, first_child, draws):
     """The walk of `_verify_one` for a tree that is a path (no node has two valid children),
     without a loop: the same verdict, bit for bit.
 
@@ -145,10 +142,7 @@ def _verify_path(tokens, valid, kinds, draft_probs, probs, first_child, key):
     stopped needs a vocabulary-wide residual (when its child was usable and rejected).
     """
     nodes, vocab = probs.shape
-    walk_key = jax.random.split(key)[0]  # [1] draws the bonus (`_bonus`)
-    draws = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(walk_key, i)))(
-        jnp.arange(nodes - 1)
-    )  # [T - 1]: the k-th candidate is tried at step k - 1
+    draws = draws[: nodes - 1]  # [T - 1]: the k-th candidate is tried at step k - 1
     chain = [jnp.int32(0)]  # the path's nodes root-first, -1 past its end
     for _ in range(nodes - 1):
         chain.append(jnp.where(chain[-1] >= 0, first_child[jnp.maximum(chain[-1], 0)], -1))
@@ -197,7 +191,7 @@ def _point_mass_accept_probs(px, before):
     return jnp.where(left > 0, px / jnp.where(left > 0, left, 1.0), 0.0)
 
 
-def _verify_point_masses(tokens, valid, parents, reach, probs, key):
+def _verify_point_masses(tokens, valid, parents, reach, probs, draws):
     """The walk for a tree whose children are all point masses (DETERMINISTIC), without a loop:
     the same law as `_verify_one`, one uniform per node instead of per step.
 
@@ -214,7 +208,6 @@ def _verify_point_masses(tokens, valid, parents, reach, probs, key):
     rule gives its later copies probability 0).
     """
     nodes, vocab = probs.shape
-    walk_key = jax.random.split(key)[0]  # [1] draws the bonus (`_bonus`)
     idx = jnp.arange(nodes)
     candidate = valid & (parents >= 0) & (idx > 0)  # [T]
     px = probs[jnp.maximum(parents, 0), tokens]  # [T] p at each candidate's parent
@@ -223,8 +216,7 @@ def _verify_point_masses(tokens, valid, parents, reach, probs, key):
     repeated = jnp.any(earlier & (tokens[None, :] == tokens[:, None]), axis=1)  # [T]
     usable = candidate & ~repeated
     before = jnp.sum(jnp.where(earlier & usable[None, :], px[None, :], 0.0), axis=1)  # [T] S_j
-    draws = jax.random.uniform(walk_key, (nodes,))  # [T]
-    accept = usable & (draws < _point_mass_accept_probs(px, before))  # [T]
+    accept = usable & (draws < _point_mass_accept_probs(px, before))  # [T], draws [T] per node
     # first accepted child of each node (T if none), then: is j its parent's first accepted child
     child_of = (parents[None, :] == idx[:, None]) & accept[None, :]  # [T parent, T child]
     first = jnp.min(jnp.where(child_of, idx[None, :], nodes), axis=1)  # [T]
@@ -240,7 +232,7 @@ def _accept_probs(px, qx, sampled):
     return jnp.where(sampled, jnp.minimum(1.0, px / jnp.where(qx > 0, qx, 1.0)), px)
 
 
-def _verify_by_node(tokens, valid, kinds, draft_probs, parents, reach, probs, key, max_children):
+def _verify_by_node(tokens, valid, kinds, draft_probs, parents, reach, probs, draws, max_children):
     """The walk for any tree whose nodes have at most `max_children` children, in that many
     rounds over all nodes at once: the same law as `_verify_one`, one uniform per node.
 
@@ -256,7 +248,6 @@ def _verify_by_node(tokens, valid, kinds, draft_probs, parents, reach, probs, ke
     not drafted), only less is accepted.
     """
     nodes, vocab = probs.shape
-    walk_key = jax.random.split(key)[0]  # [1] draws the bonus (`_bonus`)
     idx = jnp.arange(nodes)
     candidate = valid & (parents >= 0) & (idx > 0)  # [T]
     siblings = (parents[:, None] == parents[None, :]) & candidate[:, None] & candidate[None, :]
@@ -267,7 +258,6 @@ def _verify_by_node(tokens, valid, kinds, draft_probs, parents, reach, probs, ke
         .at[jnp.where(candidate, parents, nodes), slot]
         .set(idx.astype(jnp.int32), mode="drop")
     )  # [T, R]: node u's r-th child, -1 if none
-    draws = jax.random.uniform(walk_key, (nodes,))  # [T] one per candidate
     sampled = kinds != ChildKind.DETERMINISTIC  # [T] per parent
     without = kinds == ChildKind.WITHOUT_REPLACEMENT
     rows_normalized = lambda x, fallback: jax.vmap(_normalized)(x, fallback)
@@ -323,29 +313,43 @@ def verify(
     # instead of one per walk iteration (its `lax.cond`s each wait for the host on GPU unless
     # XLA captures them in a command buffer). Costs a [B, T, V] float32 buffer beside the logits.
     probs = probabilities(logits, params)  # [B, T, V]
-    nodes = tree.num_nodes
+    nodes, greedy = tree.num_nodes, params.mode == "greedy"
+    draws = _walk_uniforms(keys, nodes, greedy)  # [B, T]
     if path_only and nodes > 1:
         path, n, p = jax.vmap(_verify_path)(
-            tree.tokens, tree.valid, tree.child_kind, tree.draft_probs, probs, first_child, keys
+            tree.tokens, tree.valid, tree.child_kind, tree.draft_probs, probs, first_child, draws
         )
     elif point_masses and nodes > 1:
         reach = ancestor_mask(tree.parents, tree.valid)  # [B, T, T]
         path, n, p = jax.vmap(_verify_point_masses)(
-            tree.tokens, tree.valid, tree.parents, reach, probs, keys
+            tree.tokens, tree.valid, tree.parents, reach, probs, draws
         )
     elif max_children is not None and nodes > 1:
         reach = ancestor_mask(tree.parents, tree.valid)  # [B, T, T]
         walk = functools.partial(_verify_by_node, max_children=max(1, max_children))
         path, n, p = jax.vmap(walk)(
             tree.tokens, tree.valid, tree.child_kind, tree.draft_probs, tree.parents, reach,
-            probs, keys,
+            probs, draws,
         )  # fmt: skip
     else:
         path, n, p = jax.vmap(_verify_one)(
             tree.tokens, tree.valid, tree.child_kind, tree.draft_probs, probs, first_child,
-            next_sibling, keys,
+            next_sibling, draws,
         )  # fmt: skip
-    return Verdict(path=path, num_accepted=n, bonus=_bonus(keys, p, params.mode == "greedy"))
+    return Verdict(path=path, num_accepted=n, bonus=_bonus(keys, p, greedy))
+
+
+def _walk_uniforms(keys: jax.Array, nodes: int, greedy: bool) -> jax.Array:
+    """float32 [B, T]: u[b, i] = U(fold_in(first half of row b's key, i)), the walks' acceptance
+    draws (the i-th candidate tried, or node i, depending on the walk). Greedy, every acceptance
+    probability is exactly 0 or 1 (p is one-hot), so any u in [0, 1) gives the same verdicts:
+    zeros, without generating random bits every step."""
+    if greedy:
+        return jnp.zeros((keys.shape[0], nodes), jnp.float32)
+    uniforms = lambda k: jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(k, i)))(
+        jnp.arange(nodes)
+    )
+    return jax.vmap(lambda k: uniforms(jax.random.split(k)[0]))(keys)
 
 
 def _bonus(keys: jax.Array, p: jax.Array, greedy: bool) -> jax.Array:
