@@ -18,12 +18,12 @@ import argparse
 import dataclasses
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.bench_quantspec import time_call
 from specdec.sampling import SamplingParams
 from specdec.tree import ChildKind, DraftTree
 from specdec.verify import verify
@@ -52,16 +52,6 @@ def random_tree(batch: int, nodes: int, logits: jax.Array, seed: int = 0) -> Dra
         child_kind=jnp.full((batch, nodes), ChildKind.DETERMINISTIC, jnp.int32),
         draft_probs=None,
     )
-
-
-def time_ms(fn, *args, repeats: int = 20) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def full_steps(smoke: bool, nodes_list) -> dict:
@@ -121,7 +111,7 @@ def main() -> None:
                 row = dict(batch=batch, nodes=nodes, children=kind, temperature=temperature)
                 for name, options in (("fast_ms", fast), ("loop_ms", {})):
                     walk = jax.jit(lambda t, lg, k, p=params, o=options: verify(t, lg, p, k, **o))
-                    row[name] = time_ms(walk, case_tree, logits, key)
+                    row[name] = 1e3 * time_call(walk, case_tree, logits, key, reps=20)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     lines = [
