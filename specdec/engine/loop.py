@@ -261,10 +261,8 @@ def step(
         # root. So exactly `count` path nodes are committed and lengths stays hist_len - 1.
         # The root is region slot 0 and stays there: a root-only tree (plain decoding) moves
         # no K/V (a gather + scatter per layer and buffer otherwise, every step).
-        if tree.num_nodes == 1:
-            cache = cache.advance(count)
-        else:
-            cache = cache.commit(verdict.path, count)
+        plain = tree.num_nodes == 1
+        cache = cache.advance(count) if plain else cache.commit(verdict.path, count)
         dest = jnp.where(
             offsets < count[:, None], s.hist_len[:, None] + offsets, s.history.shape[1]
         )
