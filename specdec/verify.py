@@ -307,7 +307,6 @@ def verify(
     walked in that many rounds over all nodes (`_verify_by_node`, the same law with its own
     draws) instead of one candidate per iteration.
     """
-    first_child, next_sibling = sibling_links(tree.parents, tree.valid)
     keys = jax.random.split(key, tree.tokens.shape[0])
     # Every node's target distribution in one batched pass: one `probabilities` call per step
     # instead of one per walk iteration (its `lax.cond`s each wait for the host on GPU unless
@@ -316,6 +315,7 @@ def verify(
     nodes, greedy = tree.num_nodes, params.mode == "greedy"
     draws = _walk_uniforms(keys, nodes, greedy)  # [B, T]
     if path_only and nodes > 1:
+        first_child, _ = sibling_links(tree.parents, tree.valid)
         path, n, p = jax.vmap(_verify_path)(
             tree.tokens, tree.valid, tree.child_kind, tree.draft_probs, probs, first_child, draws
         )
@@ -332,6 +332,7 @@ def verify(
             probs, draws,
         )  # fmt: skip
     else:
+        first_child, next_sibling = sibling_links(tree.parents, tree.valid)
         path, n, p = jax.vmap(_verify_one)(
             tree.tokens, tree.valid, tree.child_kind, tree.draft_probs, probs, first_child,
             next_sibling, draws,
