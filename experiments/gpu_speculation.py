@@ -609,25 +609,43 @@ class Session:
         )
 
     def policies(self):
-        """Issue 13 on the pair; then, where an EAGLE-3 head was trained, on the head (a subset).
-        A second call resumes: rows already in the results are not rerun."""
+        """Issue 13: experiments.bench_policies with the EAGLE-3 head (where one was trained) and
+        with the pair, in --policy-runs order. A second call resumes: rows already in the
+        results are not rerun. Each run's protocol is saved beside its rows."""
         from experiments.bench_policies import compare_policies
 
         smoke = self.s.smoke
         target = specdec.load(self.dirs["target"])  # default attention: the kernel on GPU
         sets = self._sets(target)
         prompts = sets["ShareGPT"][: 4 if not smoke else 2]
-        runs = [("policies", DraftModel(specdec.load(self.dirs["draft"], attention="xla")),
-                 (8, 16, 32, 64, 128) if not smoke else (4, 8),
-                 (256, 512, 1024) if not smoke else (16,))]  # fmt: skip
-        if (self.dirs["eagle3"] / "config.json").is_file():
-            head = Eagle.load(self.dirs["eagle3"], target)
-            runs.append(("policies_eagle3", head, (16, 64) if not smoke else (4,), ()))
-        for key, drafter, budgets, specexec in runs:
+        drafters = {
+            "eagle3": lambda: ("policies_eagle3", Eagle.load(self.dirs["eagle3"], target),
+                               (8, 32, 128) if not smoke else (4,), ()),
+            "pair": lambda: ("policies",
+                             DraftModel(specdec.load(self.dirs["draft"], attention="xla")),
+                             (8, 16, 32, 64, 128) if not smoke else (4, 8),
+                             (256, 512, 1024) if not smoke else (16,)),
+        }  # fmt: skip
+        needs = {"eagle3": self.dirs["eagle3"], "pair": self.dirs["draft"]}
+        for name in self.args.policy_runs:
+            if not (needs[name] / "config.json").is_file():
+                print(f"policies: no {needs[name]}, skipping the {name} run", flush=True)
+                continue
+            key, drafter, budgets, specexec = drafters[name]()
             done = (self.results.data.get(key) or {}).get("rows")
+            protocol = dict(
+                drafter=name,
+                prompts=len(prompts),
+                batch=len(prompts),  # the prompts decode as one batch
+                prompt_lengths=[len(p) for p in prompts],
+                max_new=64 if not smoke else 8,
+                max_depth=8 if not smoke else 3,
+                widths=(1, 4) if not smoke else (1, 2),
+                temperatures=(0.0, 1.0),
+            )
 
-            def save(rows, table, key=key):
-                self.results.set(key, dict(rows=rows, table=table))
+            def save(rows, table, key=key, protocol=protocol):
+                self.results.set(key, dict(rows=rows, table=table, protocol=protocol))
 
             result = compare_policies(
                 target,
@@ -635,16 +653,16 @@ class Session:
                 prompts,
                 budgets=budgets,
                 specexec=specexec,
-                temperatures=(0.0, 1.0),
-                max_depth=8 if not smoke else 3,
-                max_new=64 if not smoke else 8,
-                widths=(1, 4) if not smoke else (1, 2),
+                temperatures=protocol["temperatures"],
+                max_depth=protocol["max_depth"],
+                max_new=protocol["max_new"],
+                widths=protocol["widths"],
                 compile_workers=min(8, os.cpu_count() or 1),  # compiles dominate this grid
                 deadline=self.deadline - 15,
                 on_rows=save,
                 rows=done,
             )
-            self.results.set(key, result)
+            self.results.set(key, dict(result, protocol=protocol))
 
     PHASES = (
         "data",
@@ -697,6 +715,13 @@ def main(argv=None):
     p.add_argument("--phases", nargs="+", required=True, help=f"'all' or of {Session.PHASES}")
     p.add_argument("--smoke", action="store_true", help="micro models, on any backend")
     p.add_argument("--deadline-s", type=float, default=560.0, help="wall-clock end of this call")
+    p.add_argument(
+        "--policy-runs",
+        nargs="+",
+        choices=("eagle3", "pair"),
+        default=["eagle3", "pair"],
+        help="the policies phase's drafters, in this order (each only if trained in --work)",
+    )
     args = p.parse_args(argv)
     phases = Session.PHASES if args.phases == ["all"] else args.phases
     unknown = [x for x in phases if x not in Session.PHASES]

@@ -211,6 +211,9 @@ def from_policy_run(spec_json: str | Path, out_dir: str | Path | None = None) ->
     devices, device = run["device"].split(" x ", 1)
     settings = run["env"]["settings"]
     rows = [dict(r) for r in run["policies"]["rows"]]
+    # Runs before the phase saved its protocol used these settings (4 held-out ShareGPT prompts
+    # decoded as one batch, 64 new tokens, depth <= 8).
+    protocol = run["policies"].get("protocol") or dict(prompts=4, batch=4, max_new=64, max_depth=8)
     meta = {
         "models": {"target": model(training["target"]), "draft": model(training["draft"])},
         "data": common.DATA,
@@ -218,13 +221,13 @@ def from_policy_run(spec_json: str | Path, out_dir: str | Path | None = None) ->
         "smoke": False,
         "source": f"{spec_json} (experiments/gpu_speculation.py --phases policies)",
         "versions": run["env"]["versions"],
-        "prompts": 4,  # the first 4 held-out ShareGPT prompts (their lengths are in the run file)
-        "max_new_tokens": 64,
+        "prompts": protocol["prompts"],
+        "max_new_tokens": protocol["max_new"],
         "drafter": "DraftModel",
-        "batch": 4,  # the policies phase decodes its 4 prompts as one batch
+        "batch": protocol["batch"],
         "temperatures": sorted({r["temperature"] for r in rows}),
         "budgets": sorted({r["budget"] for r in rows}),
-        "max_depth": 8,
+        "max_depth": protocol["max_depth"],
         "settings": settings,
     }
     data = {"experiment": NAME, "smoke": False, "meta": meta, "rows": rows,
