@@ -620,7 +620,7 @@ class Session:
         prompts = sets["ShareGPT"][: 4 if not smoke else 2]
         drafters = {
             "eagle3": lambda: ("policies_eagle3", Eagle.load(self.dirs["eagle3"], target),
-                               (8, 32, 128) if not smoke else (4,), ()),
+                               tuple(self.args.eagle_budgets) if not smoke else (4,), ()),
             "pair": lambda: ("policies",
                              DraftModel(specdec.load(self.dirs["draft"], attention="xla")),
                              (8, 16, 32, 64, 128) if not smoke else (4, 8),
@@ -721,6 +721,13 @@ def main(argv=None):
         choices=("eagle3", "pair"),
         default=["eagle3", "pair"],
         help="the policies phase's drafters, in this order (each only if trained in --work)",
+    )
+    p.add_argument(
+        "--eagle-budgets",
+        type=int,
+        nargs="+",
+        default=[16, 64],
+        help="tree budgets of the policies phase's EAGLE-3 run (the pair's: 8 to 128 + SpecExec)",
     )
     args = p.parse_args(argv)
     phases = Session.PHASES if args.phases == ["all"] else args.phases

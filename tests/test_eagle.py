@@ -21,6 +21,8 @@ POLICIES = {
     "chain": Chain(3),
     "static": Static(TREE),
     "dynamic": Dynamic(depth=3, top_k=3, total_tokens=8),
+    # drafts deeper than its 4 nodes can keep: the head's catch-up is sized by the kept depth
+    "dynamic_deep": Dynamic(depth=5, top_k=2, total_tokens=4),
 }
 # llama fixture: 2 layers, vocabulary 128; EAGLE-3 taps within [0, 2), a reduced draft vocabulary
 HEADS = {
@@ -36,7 +38,7 @@ def plain_eos(llama):
     return eos, specdec.generate(llama, PROMPTS, max_new_tokens=16, eos_token_id=eos)
 
 
-@pytest.mark.parametrize("policy", ["chain", "static", "dynamic"])
+@pytest.mark.parametrize("policy", ["chain", "static", "dynamic", "dynamic_deep"])
 @pytest.mark.parametrize("head", ["eagle1", "eagle3"])
 def test_greedy_equals_plain(llama, plain_eos, head, policy):
     eos, plain = plain_eos
@@ -272,6 +274,7 @@ def test_dynamic_rejects_what_it_cannot_do():
         Dynamic().check(4)
     # verifies the 60 nodes it keeps; drafts a working tree of 1 + 6 x 10 = 61
     assert Dynamic().max_nodes == 60 and Dynamic().draft_nodes == 61 and Dynamic().max_depth == 7
+    assert Dynamic(depth=8, top_k=4, total_tokens=8).max_depth == 7  # 8 kept nodes: 7 deep
 
 
 def test_eagle_rejects_bad_options(llama):

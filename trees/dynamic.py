@@ -79,7 +79,9 @@ class Dynamic(Policy):
 
     @property
     def max_depth(self) -> int:
-        return self.depth
+        # A kept node's ancestors score higher and are kept too, so the verified tree of
+        # total_tokens nodes is at most total_tokens - 1 deep, whatever `depth` drafts.
+        return min(self.depth, self.total_tokens - 1)
 
     def check(self, vocab_size: int) -> None:
         if self.top_k > vocab_size:
