@@ -290,17 +290,18 @@ class Eagle(Drafter):
             rngs=nnx.Rngs(0),
             param_dtype=target.dtype,
         )
-        for name, where, to_ours, _ in _layout(module):
+        for name, where, to_ours, _, *part in _layout(module):
             if name not in tensors:
                 raise ValueError(f"{str(directory)!r} lacks tensor {name!r}")
             param = _param(module, where)
+            index = part[0] if part else ...
             value = to_ours(np.asarray(tensors[name], np.float32))
-            if value.shape != param.shape:
+            if value.shape != param[index].shape:
                 raise ValueError(
                     f"tensor {name!r} has shape {tensors[name].shape}, which does not fit the "
-                    f"head's {param.shape} (in our layout)"
+                    f"head's {param[index].shape} (in our layout)"
                 )
-            param[...] = jnp.asarray(value, target.dtype)
+            param[...] = param[...].at[index].set(jnp.asarray(value, target.dtype))
         return Eagle(
             head=_head_net(module, target),
             target=target.net,
@@ -325,8 +326,10 @@ class Eagle(Drafter):
             )
         cfg = self.target.config
         tensors = {
-            name: np.ascontiguousarray(to_hf(np.asarray(_param(module, where)[...], np.float32)))
-            for name, where, _, to_hf in _layout(module)
+            name: np.ascontiguousarray(
+                to_hf(np.asarray(_param(module, where)[part[0] if part else ...], np.float32))
+            )
+            for name, where, _, to_hf, *part in _layout(module)
         }
         vocab = cfg.vocab_size
         hf = {
@@ -335,7 +338,7 @@ class Eagle(Drafter):
             ],
             "model_type": "llama",
             "hidden_size": cfg.hidden_size,
-            "intermediate_size": module.layers[0].mlp.gate.shape[1],
+            "intermediate_size": module.layers[0].mlp.gate_up.shape[2],
             "num_attention_heads": cfg.num_heads,
             "num_key_value_heads": cfg.num_kv_heads,
             "head_dim": cfg.head_dim,
@@ -491,10 +494,11 @@ def _random_subset(seed: int, vocab: int, size: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(vocab, size, replace=False))
 
 
-def _layout(module: EagleHead) -> list[tuple[str, str, object, object]]:
-    """The one table from public tensor names to (our parameter path, to_ours, to_hf).
+def _layout(module: EagleHead) -> list[tuple]:
+    """The one table from public tensor names to (our parameter path, to_ours, to_hf[, index]).
 
-    HF Linear weights are [out, in]; ours are [in, ...] with heads split out.
+    HF Linear weights are [out, in]; ours are [in, ...] with heads split out. `index`, where
+    present, is the tensor's part of a fused parameter (gate / up of the MLP's gate_up).
     """
     t = lambda x: x.T
     rows = []
@@ -522,8 +526,8 @@ def _layout(module: EagleHead) -> list[tuple[str, str, object, object]]:
                 lambda x, n=heads, h=head_dim: x.T.reshape(n, h, -1),
                 lambda x: x.reshape(-1, x.shape[-1]).T,
             ),
-            (prefix + "mlp.gate_proj.weight", f"layers.{i}.mlp.gate", t, t),
-            (prefix + "mlp.up_proj.weight", f"layers.{i}.mlp.up", t, t),
+            (prefix + "mlp.gate_proj.weight", f"layers.{i}.mlp.gate_up", t, t, (slice(None), 0)),
+            (prefix + "mlp.up_proj.weight", f"layers.{i}.mlp.gate_up", t, t, (slice(None), 1)),
             (prefix + "mlp.down_proj.weight", f"layers.{i}.mlp.down", t, t),
             (
                 prefix + "post_attention_layernorm.weight",
@@ -541,7 +545,7 @@ def _layout(module: EagleHead) -> list[tuple[str, str, object, object]]:
                 (prefix + "hidden_norm.weight", f"layers.{i}.hidden_norm.weight", None, None)
             )
     same = lambda x: x
-    return [(n, w, a or same, b or same) for n, w, a, b in rows]
+    return [(n, w, a or same, b or same, *part) for n, w, a, b, *part in rows]
 
 
 def _param(module: nnx.Module, where: str) -> nnx.Param:

@@ -34,9 +34,12 @@ class TensorRule:
     hf_name: str  # may contain {i} for the layer index
     path: tuple  # our nnx state path; "{i}" placeholders become the layer index
     hf_shape: Callable[[ModelConfig], tuple[int, ...]]
-    to_ours: Callable[[np.ndarray, ModelConfig], np.ndarray]
-    to_hf: Callable[[np.ndarray, ModelConfig], np.ndarray]
+    to_ours: Callable[[np.ndarray, ModelConfig], np.ndarray]  # HF tensor -> ours (or a piece)
+    to_hf: Callable[[np.ndarray, ModelConfig], np.ndarray]  # our whole parameter -> HF tensor
     when: Callable[[ModelConfig], bool] = lambda cfg: True
+    # Several HF tensors in one of our parameters (q/k/v, gate/up): each rule's to_ours gives
+    # its piece, concatenated along this axis in table order; to_hf takes its piece back out.
+    fuse_axis: int | None = None
 
 
 def _same(x, cfg):
@@ -47,22 +50,39 @@ def _transpose(x, cfg):
     return x.T
 
 
-def _heads_in(heads: Callable[[ModelConfig], int]):
-    # HF Linear [heads*H, D]  <->  ours [D, heads, H]
-    to_ours = lambda x, cfg: x.T.reshape(cfg.hidden_size, heads(cfg), cfg.head_dim)
-    to_hf = lambda x, cfg: x.reshape(cfg.hidden_size, -1).T
-    return to_ours, to_hf
-
-
 def _bias(heads: Callable[[ModelConfig], int]):
     # HF bias [heads*H]  <->  ours [heads, H]
     return (lambda x, cfg: x.reshape(heads(cfg), cfg.head_dim), lambda x, cfg: x.reshape(-1))
 
 
+# q / k / v  <->  ours qkv [D, K, G + 2, H] (G = N / K query heads per KV head, then k, then v)
+def _q_in(x, cfg):  # HF [N*H, D] -> [D, K, G, H]; query head n = g * G + j uses KV head g
+    return x.T.reshape(cfg.hidden_size, cfg.num_kv_heads, cfg.group_size, cfg.head_dim)
+
+
+def _q_out(x, cfg):
+    return x[:, :, : cfg.group_size].reshape(cfg.hidden_size, -1).T
+
+
+def _kv_in(x, cfg):  # HF [K*H, D] -> [D, K, 1, H]
+    return x.T.reshape(cfg.hidden_size, cfg.num_kv_heads, 1, cfg.head_dim)
+
+
+def _kv_out(which: int):  # 0: k, 1: v
+    return lambda x, cfg: x[:, :, cfg.group_size + which].reshape(cfg.hidden_size, -1).T
+
+
+# gate / up  <->  ours gate_up [D, 2, F]
+def _gate_up_in(x, cfg):  # HF [F, D] -> [D, 1, F]
+    return x.T[:, None]
+
+
+def _gate_up_out(which: int):  # 0: gate, 1: up
+    return lambda x, cfg: x[:, which].T
+
+
 _N = lambda cfg: cfg.num_heads
 _K = lambda cfg: cfg.num_kv_heads
-_q_in, _q_out = _heads_in(_N)
-_kv_in, _kv_out = _heads_in(_K)
 _qb_in, _qb_out = _bias(_N)
 _kvb_in, _kvb_out = _bias(_K)
 _has_bias = lambda cfg: cfg.attention_bias
@@ -79,24 +99,27 @@ TABLE: tuple[TensorRule, ...] = (
     ),
     TensorRule(
         _LAYER + "self_attn.q_proj.weight",
-        ("layers", "{i}", "attn", "q"),
+        ("layers", "{i}", "attn", "qkv"),
         lambda c: (c.num_heads * c.head_dim, c.hidden_size),
         _q_in,
         _q_out,
+        fuse_axis=2,
     ),
     TensorRule(
         _LAYER + "self_attn.k_proj.weight",
-        ("layers", "{i}", "attn", "k"),
+        ("layers", "{i}", "attn", "qkv"),
         lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size),
         _kv_in,
-        _kv_out,
+        _kv_out(0),
+        fuse_axis=2,
     ),
     TensorRule(
         _LAYER + "self_attn.v_proj.weight",
-        ("layers", "{i}", "attn", "v"),
+        ("layers", "{i}", "attn", "qkv"),
         lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size),
         _kv_in,
-        _kv_out,
+        _kv_out(1),
+        fuse_axis=2,
     ),
     TensorRule(
         _LAYER + "self_attn.o_proj.weight",
@@ -147,17 +170,19 @@ TABLE: tuple[TensorRule, ...] = (
     ),
     TensorRule(
         _LAYER + "mlp.gate_proj.weight",
-        ("layers", "{i}", "mlp", "gate"),
+        ("layers", "{i}", "mlp", "gate_up"),
         lambda c: (c.intermediate_size, c.hidden_size),
-        _transpose,
-        _transpose,
+        _gate_up_in,
+        _gate_up_out(0),
+        fuse_axis=1,
     ),
     TensorRule(
         _LAYER + "mlp.up_proj.weight",
-        ("layers", "{i}", "mlp", "up"),
+        ("layers", "{i}", "mlp", "gate_up"),
         lambda c: (c.intermediate_size, c.hidden_size),
-        _transpose,
-        _transpose,
+        _gate_up_in,
+        _gate_up_out(1),
+        fuse_axis=1,
     ),
     TensorRule(
         _LAYER + "mlp.down_proj.weight",
@@ -301,7 +326,7 @@ def build_params(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype, mesh=N
     With a (data, model) `mesh`, each array is placed shard by shard by `specdec.sharding`'s
     rules (every device receives only its slice of the host tensor).
     """
-    pure: dict = {}
+    values: dict[tuple, np.ndarray] = {}  # our path -> value (fused pieces concatenated)
     expected = set()
     for name, path, rule in expand_table(cfg):
         expected.add(name)
@@ -318,13 +343,19 @@ def build_params(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype, mesh=N
                 f"{want}; the weights do not match the config"
             )
         value = rule.to_ours(np.asarray(tensor), cfg)
+        if rule.fuse_axis is not None and path in values:
+            value = np.concatenate([values[path], value.astype(values[path].dtype)], rule.fuse_axis)
+        values[path] = value
+    pure: dict = {}
+    for path, value in values.items():
         node = pure
         for key in path[:-1]:
             node = node.setdefault(key, {})
         if mesh is None:
             node[path[-1]] = jnp.asarray(value, dtype=dtype)
         else:
-            where = sharding.param_named(path[-1], value.shape, mesh, f"tensor {name!r}")
+            what = f"parameter {'.'.join(map(str, path))}"
+            where = sharding.param_named(path[-1], value.shape, mesh, what)
             node[path[-1]] = sharding.host_array(np.asarray(value).astype(dtype), where)
     unexpected = sorted(
         n for n in tensors if n not in expected and not n.endswith(_IGNORED_SUFFIXES)

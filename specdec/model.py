@@ -2,8 +2,10 @@
 
 One definition serves inference (blocks written into a KVCache under a Region mask) and training
 (a plain causal forward with no cache). Parameters are stored in einsum-friendly layouts
-([D, N, H] for query projections, etc.); `specdec.checkpoint` holds the one table that maps HF
-tensors onto them. Weights live in `param_dtype`; matmuls run in `dtype` with float32 accumulation.
+([D, N, H]-style head axes); the q / k / v projections are one tensor and gate / up another, so
+a decode step reads each with one matmul (`Attention.qkv`, `MLP.gate_up`). `specdec.checkpoint`
+holds the one table that maps HF tensors onto them. Weights live in `param_dtype`; matmuls run in
+`dtype` with float32 accumulation.
 """
 
 import contextlib
@@ -52,9 +54,19 @@ def _normal_drawer(shape: tuple[int, ...], dtype, std: float, sharding=None) -> 
     return jax.jit(draw, out_shardings=sharding)
 
 
+class Deferred:
+    """A random parameter not drawn yet (built under `deferred_init()`)."""
+
+    shape: tuple[int, ...]
+
+    def draw(self, sharding=None) -> jax.Array:
+        """The parameter's values, straight into `sharding` (None: the default device)."""
+        raise NotImplementedError
+
+
 @dataclasses.dataclass(frozen=True)
-class DeferredNormal:
-    """A random parameter not drawn yet (built under `deferred_init()`): its key and law."""
+class DeferredNormal(Deferred):
+    """A normal draw: its key and law."""
 
     key: jax.Array
     shape: tuple[int, ...]
@@ -62,8 +74,19 @@ class DeferredNormal:
     dtype: jnp.dtype
 
     def draw(self, sharding=None) -> jax.Array:
-        """The parameter's values, straight into `sharding` (None: the default device)."""
         return _normal_drawer(self.shape, self.dtype, self.std, sharding)(self.key)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeferredFused(Deferred):
+    """Several normal draws joined into one parameter by `join` (a module-level function)."""
+
+    parts: tuple[DeferredNormal, ...]
+    join: Callable[..., jax.Array]
+    shape: tuple[int, ...]
+
+    def draw(self, sharding=None) -> jax.Array:
+        return jax.jit(self.join, out_shardings=sharding)(*(p.draw() for p in self.parts))
 
 
 _DEFER = threading.local()
@@ -71,7 +94,7 @@ _DEFER = threading.local()
 
 @contextlib.contextmanager
 def deferred_init():
-    """While active, random parameters are created as `DeferredNormal` (keys only, nothing drawn),
+    """While active, random parameters are created as `Deferred` (keys only, nothing drawn),
     so `specdec.models.Model.random(mesh=...)` can draw each one directly sharded."""
     previous = getattr(_DEFER, "on", False)
     _DEFER.on = True
@@ -84,6 +107,29 @@ def deferred_init():
 def _init(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype) -> nnx.Param:
     lazy = DeferredNormal(rngs.params(), tuple(shape), float(std), jnp.dtype(dtype))
     return nnx.Param(lazy if getattr(_DEFER, "on", False) else lazy.draw())
+
+
+def _init_fused(rngs, shapes, std: float, dtype, join: Callable[..., jax.Array]) -> nnx.Param:
+    """One parameter drawn as the pieces `shapes` (keys taken in order, as separate parameters
+    would take them: a seed gives the same model as before the pieces were fused) and joined."""
+    parts = tuple(
+        DeferredNormal(rngs.params(), tuple(s), float(std), jnp.dtype(dtype)) for s in shapes
+    )
+    shape = jax.eval_shape(join, *(jax.ShapeDtypeStruct(p.shape, p.dtype) for p in parts)).shape
+    lazy = DeferredFused(parts, join, tuple(shape))
+    return nnx.Param(lazy if getattr(_DEFER, "on", False) else lazy.draw())
+
+
+def join_qkv(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """q [D, N, H], k [D, K, H], v [D, K, H] -> qkv [D, K, N/K + 2, H] (`Attention.qkv`)."""
+    d, kv_heads, head_dim = k.shape
+    grouped = q.reshape(d, kv_heads, -1, head_dim)  # [D, K, G, H]: query head g * G + j
+    return jnp.concatenate([grouped, k[:, :, None], v[:, :, None]], axis=2)
+
+
+def join_gate_up(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """gate [D, F], up [D, F] -> gate_up [D, 2, F] (`MLP.gate_up`)."""
+    return jnp.stack([gate, up], axis=1)
 
 
 class RMSNorm(nnx.Module):
@@ -110,9 +156,12 @@ class Attention(nnx.Module):
             cfg.head_dim,
             cfg.initializer_range,
         )
-        self.q = _init(rngs, (d, n, h), std, param_dtype)  # [D, N, H]
-        self.k = _init(rngs, (d, k, h), std, param_dtype)  # [D, K, H]
-        self.v = _init(rngs, (d, k, h), std, param_dtype)  # [D, K, H]
+        # One projection for q, k and v, grouped by KV head: [:, g, :n/k] are the query heads
+        # n/k * g ... that share KV head g, [:, g, n/k] is its key and [:, g, n/k + 1] its value.
+        # Tensor parallelism splits the K axis, so every device holds whole groups.
+        self.qkv = _init_fused(
+            rngs, [(d, n, h), (d, k, h), (d, k, h)], std, param_dtype, join_qkv
+        )  # [D, K, N/K + 2, H]
         self.o = _init(rngs, (n, h, d), std, param_dtype)  # [N, H, D]
         if cfg.attention_bias:
             self.q_bias = nnx.Param(jnp.zeros((n, h), param_dtype))
@@ -125,9 +174,10 @@ class Attention(nnx.Module):
 
     def project_qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array, dtype):
         """x [B, T, D] -> rotated q [B, T, N, H], k [B, T, K, H], v [B, T, K, H]."""
-        q = _einsum("BTD,DNH->BTNH", x, self.q[...], dtype)
-        k = _einsum("BTD,DKH->BTKH", x, self.k[...], dtype)
-        v = _einsum("BTD,DKH->BTKH", x, self.v[...], dtype)
+        qkv = _einsum("BTD,DKJH->BTKJH", x, self.qkv[...], dtype)  # [B, T, K, N/K + 2, H]
+        group = qkv.shape[3] - 2
+        q = qkv[:, :, :, :group].reshape(*qkv.shape[:2], -1, qkv.shape[-1])  # [B, T, N, H]
+        k, v = qkv[:, :, :, group], qkv[:, :, :, group + 1]  # [B, T, K, H]
         if self.cfg.attention_bias:
             q = q + self.q_bias[...].astype(dtype)
             k = k + self.k_bias[...].astype(dtype)
@@ -142,18 +192,19 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)), gate and up as one matmul."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype):
         d, f, std = cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range
-        self.gate = _init(rngs, (d, f), std, param_dtype)  # [D, F]
-        self.up = _init(rngs, (d, f), std, param_dtype)  # [D, F]
+        self.gate_up = _init_fused(
+            rngs, [(d, f), (d, f)], std, param_dtype, join_gate_up
+        )  # [D, 2, F]: gate, up
         self.down = _init(rngs, (f, d), std, param_dtype)  # [F, D]
 
     def __call__(self, x: jax.Array, dtype) -> jax.Array:
-        gate = _einsum("BTD,DF->BTF", x, self.gate[...], dtype)
-        up = _einsum("BTD,DF->BTF", x, self.up[...], dtype)
-        return _einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.down[...], dtype)
+        gate_up = _einsum("BTD,DCF->BTCF", x, self.gate_up[...], dtype)  # [B, T, 2, F]
+        hidden = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]  # [B, T, F]
+        return _einsum("BTF,FD->BTD", hidden, self.down[...], dtype)
 
 
 class DecoderLayer(nnx.Module):

@@ -12,7 +12,7 @@ from flax import nnx
 from specdec import checkpoint, sharding
 from specdec.attention import IMPLEMENTATIONS as ATTENTION_CHOICES
 from specdec.config import ModelConfig
-from specdec.model import DeferredNormal, Transformer, deferred_init
+from specdec.model import Deferred, Transformer, deferred_init
 from specdec.tokenizer import Tokenizer
 
 
@@ -91,11 +91,11 @@ class Model:
 
         def place(path, leaf):
             where = sharding.param_sharding(path, leaf, mesh)
-            if isinstance(leaf, DeferredNormal):
+            if isinstance(leaf, Deferred):
                 return leaf.draw(where)
             return jax.device_put(leaf, where)  # norm weights and biases: small constants
 
-        lazy = lambda x: isinstance(x, DeferredNormal)
+        lazy = lambda x: isinstance(x, Deferred)
         state = jax.tree_util.tree_map_with_path(place, state, is_leaf=lazy)
         return Model(nnx.merge(graphdef, state), tokenizer)
 

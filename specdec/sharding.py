@@ -2,11 +2,11 @@
 
 A `jax.sharding.Mesh` with axes named "data" and "model" (either may have size 1) describes the
 devices. Every array gets a tuple of *logical* axis names (batch, vocab, embed, heads, kv_heads,
-head_dim, mlp, cache_seq) and ONE rule table, `RULES`, maps those names onto mesh axes; XLA's
+head_dim, mlp, fused, cache_seq) and ONE rule table, `RULES`, maps those names onto mesh axes; XLA's
 partitioner (GSPMD / Shardy) then inserts the collectives. That gives the Megatron layout:
 
-    q, k, v  [D, N|K, H]  split by head        o     [N, H, D]  split by head  -> all-reduce
-    gate, up [D, F]       split by F           down  [F, D]     split by F     -> all-reduce
+    qkv      [D, K, G+2, H] split by KV head   o     [N, H, D]  split by head  -> all-reduce
+    gate_up  [D, 2, F]      split by F         down  [F, D]     split by F     -> all-reduce
     embed    [V, D]       split by vocab       lm_head [D, V]   split by vocab (logits sharded)
     KV cache [B, S, K, H] split by batch (data) and KV head (model)
 
@@ -43,6 +43,7 @@ RULES: dict[str, str | None] = {
     "kv_heads": MODEL,  # K: key/value heads (k, v, biases, the KV cache)
     "head_dim": None,  # H
     "mlp": MODEL,  # F: MLP hidden width
+    "fused": None,  # which projection of a fused weight (q heads / k / v; gate / up)
     "cache_seq": None,  # S: cache slots
 }
 # Logical axes that fall back to replication when their size does not divide the mesh axis
@@ -55,15 +56,15 @@ OPTIONAL = frozenset({"vocab"})
 PARAM_AXES: dict[str, tuple[str, ...]] = {
     "embed": ("vocab", "embed"),  # [V, D]
     "lm_head": ("embed", "vocab"),  # [D, V]
-    "q": ("embed", "heads", "head_dim"),  # [D, N, H]
-    "k": ("embed", "kv_heads", "head_dim"),  # [D, K, H]
-    "v": ("embed", "kv_heads", "head_dim"),  # [D, K, H]
+    "q": ("embed", "heads", "head_dim"),  # [W, N, H] (the EAGLE head's layer)
+    "k": ("embed", "kv_heads", "head_dim"),  # [W, K, H]
+    "v": ("embed", "kv_heads", "head_dim"),  # [W, K, H]
     "o": ("heads", "head_dim", "embed"),  # [N, H, D]
     "q_bias": ("heads", "head_dim"),  # [N, H]
     "k_bias": ("kv_heads", "head_dim"),  # [K, H]
     "v_bias": ("kv_heads", "head_dim"),  # [K, H]
-    "gate": ("embed", "mlp"),  # [D, F]
-    "up": ("embed", "mlp"),  # [D, F]
+    "qkv": ("embed", "kv_heads", "fused", "head_dim"),  # [D, K, N/K + 2, H]: whole KV groups
+    "gate_up": ("embed", "fused", "mlp"),  # [D, 2, F]
     "down": ("mlp", "embed"),  # [F, D]
 }
 

@@ -93,7 +93,7 @@ def check_generate(directory: str) -> None:
         mesh = sharding.make_mesh(data, model)
         start = time.perf_counter()
         sharded = specdec.load(directory, attention="xla", mesh=mesh)
-        kv = sharded.net.params["layers"][0]["attn"]["k"][...]
+        qkv = sharded.net.params["layers"][0]["attn"]["qkv"][...]
         # The drafter on a mesh: sharded the same way on 2x4, replicated (built on one device,
         # placed by generate) on the others.
         draft = (
@@ -118,8 +118,8 @@ def check_generate(directory: str) -> None:
                 equal=tokens_of(out) == tokens_of(reference[name]),
                 tau=out.stats.tau,
                 reference_tau=reference[name].stats.tau,
-                k_proj_devices=len(kv.sharding.device_set),
-                k_proj_shard=list(kv.addressable_shards[0].data.shape),  # [D, K / model, H]
+                qkv_devices=len(qkv.sharding.device_set),
+                qkv_shard=list(qkv.addressable_shards[0].data.shape),  # [D, K / model, G + 2, H]
                 # all-gathers of whole weights or of K/V blocks [B, T, K, H] (rank 4): none
                 weight_gathers=[g for g in gathers if g in weights],
                 kv_gathers=[g for g in gathers if len(g) == 4],

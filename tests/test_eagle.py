@@ -341,7 +341,7 @@ def test_public_eagle3_fixture_loads_with_identical_logits(llama, fixtures_dir):
     ref = np.load(directory / "reference.npz")
     drafter = Eagle.load(directory, llama)
     assert drafter.version == 3 and drafter.target_layers == (0, 1, 1)
-    assert drafter.head.module().layers[0].mlp.gate.shape == (64, 96)  # the head's own width
+    assert drafter.head.module().layers[0].mlp.gate_up.shape == (64, 2, 96)  # the head's own width
     tokens, taps = jnp.asarray(ref["tokens"]), jnp.asarray(ref["taps"])
     length = tokens.shape[1]
     feats = drafter._fuse(None, tuple(jnp.split(taps, 3, axis=-1)))

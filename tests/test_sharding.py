@@ -57,8 +57,9 @@ def test_greedy_output_on_a_mesh_equals_one_device(results, mesh, drafter):
     assert row["equal"], row
     assert row["tau"] == pytest.approx(row["reference_tau"])
     model = int(mesh.split("x")[1])
-    assert row["k_proj_devices"] == 8
-    assert row["k_proj_shard"] == [64, 8 // model, 8]  # [D, K / model, H]: split by KV head
+    assert row["qkv_devices"] == 8
+    # [D, K / model, G + 2, H]: split by KV head, each device holding whole query groups
+    assert row["qkv_shard"] == [64, 8 // model, 16 // 8 + 2, 8]
     # XLA partitions as planned: no weight or K/V block is gathered whole on a device (the cache
     # write is row-local), and the residual stream is all-reduced (2 per layer and forward).
     assert row["weight_gathers"] == [] and row["kv_gathers"] == [], row
