@@ -40,7 +40,7 @@ from specdec.cache import KVCache, Region
 from specdec.checkpoint import read_tensors
 from specdec.config import ModelConfig
 from specdec.contract import DraftContext, Drafter, Policy, PrefillInputs, StepOutcome
-from specdec.model import MLP, RMSNorm, _einsum, _init
+from specdec.model import MLP, RMSNorm, _einsum, _init, _init_fused, join_qkv, split_qkv
 from specdec.models import Model, Net
 from specdec.rope import apply_rotary
 from trees.static import Static
@@ -72,10 +72,10 @@ class HeadLayer(nnx.Module):
             self.input_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype)
         if fused:
             self.hidden_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype)
-        width = 2 * d if fused else d
-        self.q = _init(rngs, (width, n, h), std, param_dtype)  # [2D or D, N, H]
-        self.k = _init(rngs, (width, k, h), std, param_dtype)  # [2D or D, K, H]
-        self.v = _init(rngs, (width, k, h), std, param_dtype)  # [2D or D, K, H]
+        width = 2 * d if fused else d  # W
+        self.qkv = _init_fused(
+            rngs, [(width, n, h), (width, k, h), (width, k, h)], std, param_dtype, join_qkv
+        )  # [W, K, N/K + 2, H], as the target's `Attention.qkv`
         self.o = _init(rngs, (n, h, d), std, param_dtype)  # [N, H, D]
         self.post_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
@@ -88,9 +88,8 @@ class HeadLayer(nnx.Module):
             a = self.input_norm(x)
         else:
             a = x
-        q = apply_rotary(_einsum("BTW,WNH->BTNH", a, self.q[...], dtype), cos, sin)
-        k = apply_rotary(_einsum("BTW,WKH->BTKH", a, self.k[...], dtype), cos, sin)
-        v = _einsum("BTW,WKH->BTKH", a, self.v[...], dtype)
+        q, k, v = split_qkv(_einsum("BTW,WKJH->BTKJH", a, self.qkv[...], dtype))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         x = x + _einsum("BTNH,NHD->BTD", attention(q, k, v), self.o[...], dtype)
         return x + self.mlp(self.post_norm(x), dtype)
 
@@ -498,7 +497,7 @@ def _layout(module: EagleHead) -> list[tuple]:
     """The one table from public tensor names to (our parameter path, to_ours, to_hf[, index]).
 
     HF Linear weights are [out, in]; ours are [in, ...] with heads split out. `index`, where
-    present, is the tensor's part of a fused parameter (gate / up of the MLP's gate_up).
+    present, is the tensor's part of a fused parameter (q / k / v of qkv, gate / up of gate_up).
     """
     t = lambda x: x.T
     rows = []
@@ -509,25 +508,41 @@ def _layout(module: EagleHead) -> list[tuple]:
         rows += [("lm_head.weight", "lm_head", t, t)]
     for i, layer in enumerate(module.layers):
         prefix = "midlayer." if module.version == 3 else f"layers.{i}."
-        width = layer.q.shape[0]
-        heads, head_dim, kv_heads = layer.q.shape[1], layer.q.shape[2], layer.k.shape[1]
-        split = lambda n, w=width, h=head_dim: (
-            lambda x: x.T.reshape(w, n, h),
-            lambda x: x.reshape(w, -1).T,
+        width, kv_heads, group, head_dim = layer.qkv.shape
+        group, heads = group - 2, kv_heads * (group - 2)
+        fold = lambda *shape: (  # HF [out, W] <-> ours [W, ...]
+            lambda x, shape=shape: x.T.reshape(*shape),
+            lambda x, w=shape[0]: x.reshape(w, -1).T,
         )
+        whole = slice(None)
         attn = "self_attn."
         rows += [
-            (prefix + attn + "q_proj.weight", f"layers.{i}.q", *split(heads)),
-            (prefix + attn + "k_proj.weight", f"layers.{i}.k", *split(kv_heads)),
-            (prefix + attn + "v_proj.weight", f"layers.{i}.v", *split(kv_heads)),
+            (
+                prefix + attn + "q_proj.weight",
+                f"layers.{i}.qkv",
+                *fold(width, kv_heads, group, head_dim),
+                (whole, whole, slice(0, group)),
+            ),
+            (
+                prefix + attn + "k_proj.weight",
+                f"layers.{i}.qkv",
+                *fold(width, kv_heads, head_dim),
+                (whole, whole, group),
+            ),
+            (
+                prefix + attn + "v_proj.weight",
+                f"layers.{i}.qkv",
+                *fold(width, kv_heads, head_dim),
+                (whole, whole, group + 1),
+            ),
             (
                 prefix + attn + "o_proj.weight",
                 f"layers.{i}.o",
                 lambda x, n=heads, h=head_dim: x.T.reshape(n, h, -1),
                 lambda x: x.reshape(-1, x.shape[-1]).T,
             ),
-            (prefix + "mlp.gate_proj.weight", f"layers.{i}.mlp.gate_up", t, t, (slice(None), 0)),
-            (prefix + "mlp.up_proj.weight", f"layers.{i}.mlp.gate_up", t, t, (slice(None), 1)),
+            (prefix + "mlp.gate_proj.weight", f"layers.{i}.mlp.gate_up", t, t, (whole, 0)),
+            (prefix + "mlp.up_proj.weight", f"layers.{i}.mlp.gate_up", t, t, (whole, 1)),
             (prefix + "mlp.down_proj.weight", f"layers.{i}.mlp.down", t, t),
             (
                 prefix + "post_attention_layernorm.weight",

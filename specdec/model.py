@@ -127,6 +127,13 @@ def join_qkv(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     return jnp.concatenate([grouped, k[:, :, None], v[:, :, None]], axis=2)
 
 
+def split_qkv(qkv: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """x @ qkv [B, T, K, N/K + 2, H] -> q [B, T, N, H], k [B, T, K, H], v [B, T, K, H]."""
+    group = qkv.shape[3] - 2
+    q = qkv[:, :, :, :group].reshape(*qkv.shape[:2], -1, qkv.shape[-1])
+    return q, qkv[:, :, :, group], qkv[:, :, :, group + 1]
+
+
 def join_gate_up(gate: jax.Array, up: jax.Array) -> jax.Array:
     """gate [D, F], up [D, F] -> gate_up [D, 2, F] (`MLP.gate_up`)."""
     return jnp.stack([gate, up], axis=1)
@@ -174,10 +181,7 @@ class Attention(nnx.Module):
 
     def project_qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array, dtype):
         """x [B, T, D] -> rotated q [B, T, N, H], k [B, T, K, H], v [B, T, K, H]."""
-        qkv = _einsum("BTD,DKJH->BTKJH", x, self.qkv[...], dtype)  # [B, T, K, N/K + 2, H]
-        group = qkv.shape[3] - 2
-        q = qkv[:, :, :, :group].reshape(*qkv.shape[:2], -1, qkv.shape[-1])  # [B, T, N, H]
-        k, v = qkv[:, :, :, group], qkv[:, :, :, group + 1]  # [B, T, K, H]
+        q, k, v = split_qkv(_einsum("BTD,DKJH->BTKJH", x, self.qkv[...], dtype))
         if self.cfg.attention_bias:
             q = q + self.q_bias[...].astype(dtype)
             k = k + self.k_bias[...].astype(dtype)

@@ -39,8 +39,8 @@ RULES: dict[str, str | None] = {
     "batch": DATA,  # B: sequences (decode) and rows (training)
     "vocab": MODEL,  # V: embedding rows, LM-head columns, logits
     "embed": None,  # D: the residual stream stays whole on every device
-    "heads": MODEL,  # N: query heads (q, o, q_bias)
-    "kv_heads": MODEL,  # K: key/value heads (k, v, biases, the KV cache)
+    "heads": MODEL,  # N: query heads (o, q_bias)
+    "kv_heads": MODEL,  # K: key/value heads (qkv's query groups, biases, the KV cache)
     "head_dim": None,  # H
     "mlp": MODEL,  # F: MLP hidden width
     "fused": None,  # which projection of a fused weight (q heads / k / v; gate / up)
@@ -51,14 +51,12 @@ RULES: dict[str, str | None] = {
 OPTIONAL = frozenset({"vocab"})
 
 # Parameter leaf name -> logical axes, for `specdec.model.Transformer` and the EAGLE head
-# (drafters.eagle.HeadLayer reuses the names). Names not listed (norm weights, EAGLE's fc) are
-# replicated: they are small, and their matmuls produce the replicated residual stream.
+# (drafters.eagle.HeadLayer reuses the names; its qkv is [W = D or 2D, K, N/K + 2, H]). Names not
+# listed (norm weights, EAGLE's fc) are replicated: they are small, and their matmuls produce the
+# replicated residual stream.
 PARAM_AXES: dict[str, tuple[str, ...]] = {
     "embed": ("vocab", "embed"),  # [V, D]
     "lm_head": ("embed", "vocab"),  # [D, V]
-    "q": ("embed", "heads", "head_dim"),  # [W, N, H] (the EAGLE head's layer)
-    "k": ("embed", "kv_heads", "head_dim"),  # [W, K, H]
-    "v": ("embed", "kv_heads", "head_dim"),  # [W, K, H]
     "o": ("heads", "head_dim", "embed"),  # [N, H, D]
     "q_bias": ("heads", "head_dim"),  # [N, H]
     "k_bias": ("kv_heads", "head_dim"),  # [K, H]
