@@ -259,10 +259,12 @@ def step(
         count = jnp.where(active, jnp.minimum(count, max_new - s.num_generated), 0)
         # The cache keeps the root and the emitted drafts; the last emitted token is the next
         # root. So exactly `count` path nodes are committed and lengths stays hist_len - 1.
-        # The root is region slot 0 and stays there: a root-only tree (plain decoding) moves
-        # no K/V (a gather + scatter per layer and buffer otherwise, every step).
-        plain = tree.num_nodes == 1
-        cache = cache.advance(count) if plain else cache.commit(verdict.path, count)
+        # A path (plain decoding's root-only tree, a chain: one leaf) accepts nodes 0..n, whose
+        # K/V already sit in region slots 0..n: the lengths advance and nothing moves. Other
+        # trees move the accepted nodes' K/V next to the prefix (a gather + scatter per layer
+        # and buffer, every step).
+        in_place = tree.num_nodes == 1 or path_only
+        cache = cache.advance(count) if in_place else cache.commit(verdict.path, count)
         dest = jnp.where(
             offsets < count[:, None], s.hist_len[:, None] + offsets, s.history.shape[1]
         )
