@@ -264,7 +264,10 @@ def step(
         # trees move the accepted nodes' K/V next to the prefix (a gather + scatter per layer
         # and buffer, every step).
         in_place = tree.num_nodes == 1 or path_only
-        cache = cache.advance(count) if in_place else cache.commit(verdict.path, count)
+        if in_place:
+            cache = cache.advance(count)
+        else:  # an accepted path has at most max_depth + 1 nodes: move only that many slots
+            cache = cache.commit(verdict.path[:, : policy.max_depth + 1], count)
         dest = jnp.where(
             offsets < count[:, None], s.hist_len[:, None] + offsets, s.history.shape[1]
         )
