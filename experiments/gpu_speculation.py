@@ -58,7 +58,7 @@ from train.layerskip import LayerSkip
 from train.run import ensure_tokenizer, train_and_export
 from train.trainer import load_data
 from trees import Adaptive, Chain, Dynamic, Static
-from trees.measure import _FreeDrafter
+from trees.measure import FreeDrafter
 
 # EAGLE-style static tree, 26 nodes, depth 6: wide near the root, narrowing along the best path.
 STATIC_PATHS = [
@@ -299,7 +299,7 @@ def compare(
                 same = sum(a == b for a, b in zip(run.sequences, plain.sequences, strict=True))
                 row["greedy_match"] = f"{same}/{len(prompts)}"
             if (dname, pname) in split and set_name == next(iter(sets)):
-                free = _FreeDrafter(target.config.vocab_size)
+                free = FreeDrafter(target.config.vocab_size)
                 verify = decode(target, prompts, batch, eos, drafter=free, policy=policy, **kw)
                 row["verify_ms"] = verify.step_ms
                 row["draft_ms"] = max(run.step_ms - verify.step_ms, 0.0)

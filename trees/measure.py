@@ -89,8 +89,9 @@ def measure_acceptance(
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class _FreeDrafter(Drafter):
-    """Drafts all-zero logits at no cost: times a step that is (almost) only the verify."""
+class FreeDrafter(Drafter):
+    """Drafts all-zero logits at no cost (`FreeDrafter(vocab)`): a step with it is (almost) only
+    the verify, which is how `measure_step_times` and the benchmarks time verification."""
 
     vocab: int = dataclasses.field(metadata=dict(static=True))
 
@@ -151,8 +152,8 @@ def measure_verify_seconds(
     return _seconds_per_step(target, prompts, _free(target), policy, max_new_tokens, repeats)
 
 
-def _free(target) -> "_FreeDrafter":
-    return _FreeDrafter(target.config.vocab_size)
+def _free(target) -> "FreeDrafter":
+    return FreeDrafter(target.config.vocab_size)
 
 
 def _seconds_per_step(target, prompts, drafter, policy, max_new_tokens: int, repeats: int) -> float:
