@@ -11,6 +11,7 @@ ends with one `error: ...` line on stderr and exit status 2, never a traceback.
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -18,13 +19,18 @@ import jinja2
 
 import specdec
 import specdec.checkpoint
-from drafters import DraftModel, NGram
+from drafters import DraftModel, Eagle, EarlyExit, NGram, QuantSpec
 from specdec import sharding
-from trees import Chain, Static
+from trees import Adaptive, Chain, Dynamic, Sequoia, SpecExec, Static, StochasticBeam
 
 DTYPES = ("float32", "bfloat16", "float16")
 CHILDREN = ("top", "sample", "sample_without_replacement")
-DEFAULT_POLICY, DEFAULT_CHILDREN = "chain:4", "top"
+KV_CACHES = ("int8-hierarchical",)
+DRAFTER_FLAGS = ("--draft-model", "--ngram", "--eagle", "--early-exit", "--quantspec")
+POLICY_FORMS = (
+    "chain:N | static:[[0],[1],[0,0],...] | dynamic[:DEPTH,TOP_K,TOTAL] | "
+    "sequoia:BUDGET:A1,A2,... | specexec:BUDGET | beam:WIDTH,DEPTH | adaptive:DEPTH[,METHOD]"
+)
 EXIT_ERROR = 2  # argparse's status for a usage error; the CLI uses it for every expected failure
 
 
@@ -39,15 +45,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"error: {message}\n")
 
 
-def parse_policy(text: str, children: str):
-    """'chain:4' -> Chain(4); 'static:[[0],[1],[0,0]]' -> Static(paths)."""
+def _ints(form: str, arg: str, count: int) -> list[int]:
+    try:
+        values = [int(x) for x in arg.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise ValueError(f"--policy {form} needs {count} comma-separated integer(s), got {arg!r}")
+    return values
+
+
+def parse_policy(text: str, children: str | None = None):
+    """A policy from its command-line form (`POLICY_FORMS`), e.g. 'chain:4' -> Chain(4),
+    'dynamic:7,10,60' -> Dynamic(7, 10, 60), 'sequoia:32:0.8,0.1,0.05' -> Sequoia(32, (...)).
+    children: how nodes' children are drafted (None: the policy's default); each policy checks
+    it can draft that way."""
     kind, _, arg = text.partition(":")
+    child = {} if children is None else {"children": children}
     if kind == "chain":
-        try:
-            depth = int(arg)
-        except ValueError as err:
-            raise ValueError(f"--policy chain:N needs an integer depth, got {arg!r}") from err
-        return Chain(depth, children=children)
+        (depth,) = _ints("chain:N", arg, 1)
+        return Chain(depth, **child)
     if kind == "static":
         try:
             paths = json.loads(arg)
@@ -55,8 +72,36 @@ def parse_policy(text: str, children: str):
             raise ValueError(
                 f"--policy static:PATHS needs JSON paths like [[0],[1],[0,0]]: {err}"
             ) from err
-        return Static(paths, children=children)
-    raise ValueError(f"--policy must be 'chain:N' or 'static:[[...]]', got {text!r}")
+        return Static(paths, **child)
+    if kind == "dynamic":
+        if not arg:
+            return Dynamic(**child)  # EAGLE-2's defaults
+        depth, top_k, total = _ints("dynamic:DEPTH,TOP_K,TOTAL", arg, 3)
+        return Dynamic(depth=depth, top_k=top_k, total_tokens=total, **child)
+    if kind == "sequoia":
+        budget, _, rates = arg.partition(":")
+        (budget,) = _ints("sequoia:BUDGET:A1,A2,...", budget, 1)
+        try:
+            acceptance = tuple(float(x) for x in rates.split(","))
+        except ValueError:
+            acceptance = ()
+        if not rates or not acceptance:
+            raise ValueError(
+                "--policy sequoia:BUDGET:A1,A2,... needs the per-rank acceptance vector after the "
+                f"budget (measure it with trees.measure_acceptance), got {text!r}"
+            )
+        return Sequoia(budget, acceptance, **child)
+    if kind == "specexec":
+        (budget,) = _ints("specexec:BUDGET", arg, 1)
+        return SpecExec(budget=budget, **child)
+    if kind == "beam":
+        width, depth = _ints("beam:WIDTH,DEPTH", arg, 2)
+        return StochasticBeam(width=width, depth=depth, **child)
+    if kind == "adaptive":
+        depth, _, method = arg.partition(",")
+        (depth,) = _ints("adaptive:DEPTH[,METHOD]", depth, 1)
+        return Adaptive(depth=depth, **({"method": method} if method else {}), **child)
+    raise ValueError(f"--policy must be one of {POLICY_FORMS}; got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,22 +130,51 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--dtype", default=None, choices=DTYPES, help="default: as stored")
     gen.add_argument("--attention", default="auto", help="auto / xla / pallas")
-    gen.add_argument(
+    drafters = gen.add_argument_group("drafters (at most one; without one, plain decoding)")
+    drafters.add_argument(
         "--draft-model", default=None, help="checkpoint of a draft LM (same tokenizer)"
     )
-    gen.add_argument(
+    drafters.add_argument(
         "--ngram", type=int, default=0, help="draft by prompt lookup with n-grams up to N"
+    )
+    drafters.add_argument(
+        "--eagle", default=None, metavar="HEAD_DIR", help="an EAGLE-1/2/3 head trained for --model"
+    )
+    drafters.add_argument(
+        "--early-exit",
+        type=int,
+        default=None,
+        metavar="E",
+        help="self-speculation with the model's first E layers (LayerSkip)",
+    )
+    drafters.add_argument(
+        "--quantspec",
+        action="store_true",
+        help="self-speculation over the INT4 view of the INT4/INT8 cache (implies --kv-cache "
+        "int8-hierarchical)",
     )
     gen.add_argument(
         "--policy",
         default=None,
-        help=f"needs a drafter: chain:N or static:[[0],[1],[0,0],...] (default {DEFAULT_POLICY})",
+        help=f"needs a drafter: {POLICY_FORMS} (default: the drafter's own)",
     )
     gen.add_argument(
         "--children",
         default=None,
         choices=CHILDREN,
-        help=f"needs a drafter: how each node's children are drafted (default {DEFAULT_CHILDREN})",
+        help="needs a drafter: how each node's children are drafted (default: the policy's)",
+    )
+    gen.add_argument(
+        "--kv-cache",
+        default=None,
+        choices=KV_CACHES,
+        help="store the KV cache as INT4/INT8 planes (default: the model's dtype)",
+    )
+    gen.add_argument(
+        "--steps-per-sync",
+        type=int,
+        default=1,
+        help="decode steps between checks for finished sequences",
     )
     gen.add_argument("--no-eos", action="store_true", help="do not stop at the tokenizer's EOS")
     gen.add_argument(
@@ -169,29 +243,48 @@ def load_draft(args, mesh) -> specdec.Model:
     return load(mesh)
 
 
+def chosen_drafters(args) -> list[str]:
+    """The drafter flags given (at most one is allowed)."""
+    given = (args.draft_model, args.ngram, args.eagle, args.early_exit is not None, args.quantspec)
+    return [flag for flag, value in zip(DRAFTER_FLAGS, given, strict=True) if value]
+
+
+def make_drafter(args, model: specdec.Model, mesh):
+    """The drafter the flags ask for (None: plain decoding)."""
+    if args.draft_model:
+        return DraftModel(load_draft(args, mesh))
+    if args.ngram:
+        return NGram(max_ngram=args.ngram)
+    if args.eagle:
+        return Eagle.load(args.eagle, model)
+    if args.early_exit is not None:
+        return EarlyExit(exit_layer=args.early_exit)
+    if args.quantspec:
+        return QuantSpec()
+    return None
+
+
 def run_generate(args) -> int:
-    if args.draft_model and args.ngram:
-        raise CLIError("choose one drafter: --draft-model or --ngram")
-    has_drafter = bool(args.draft_model or args.ngram)
+    drafter_flags = chosen_drafters(args)
+    if len(drafter_flags) > 1:
+        raise CLIError(f"choose one drafter, got {' and '.join(drafter_flags)}")
     for flag, value in (("--policy", args.policy), ("--children", args.children)):
-        if value is not None and not has_drafter:
-            raise CLIError(f"{flag} shapes speculative drafts: it needs --draft-model or --ngram")
-    policy = (
-        parse_policy(args.policy or DEFAULT_POLICY, args.children or DEFAULT_CHILDREN)
-        if has_drafter
-        else None
-    )
+        if value is not None and not drafter_flags:
+            raise CLIError(
+                f"{flag} shapes speculative drafts: it needs a drafter ({', '.join(DRAFTER_FLAGS)})"
+            )
+    policy = parse_policy(args.policy, args.children) if args.policy else None
+    kv_cache = args.kv_cache or ("int8-hierarchical" if args.quantspec else None)
     mesh = sharding.mesh_from_text(args.mesh)
     if mesh is not None:
         sharding.check_batch(len(args.prompt), mesh)
     model = specdec.load(args.model, dtype=args.dtype, attention=args.attention, mesh=mesh)
     if model.tokenizer is None:
         raise CLIError(f"{args.model} has no tokenizer.json; the CLI needs one to encode prompts")
-    drafter = None
-    if args.draft_model:
-        drafter = DraftModel(load_draft(args, mesh))
-    elif args.ngram:
-        drafter = NGram(max_ngram=args.ngram)
+    drafter = make_drafter(args, model, mesh)
+    if drafter is not None and policy is None and args.children is not None:
+        # --children alone: the drafter's own tree, drafted that way
+        policy = dataclasses.replace(drafter.default_policy(), children=args.children)
     ids = encode_prompts(model, args.model, args.prompt, args.raw)
     check_positions(model, ids, args)
     eos = None if args.no_eos else (model.tokenizer.eos_token_ids or None)
@@ -208,6 +301,8 @@ def run_generate(args) -> int:
         eos_token_id=eos,
         drafter=drafter,
         policy=policy,
+        kv_cache=kv_cache,
+        steps_per_sync=args.steps_per_sync,
         **beyond,
     )
     for prompt, seq in zip(args.prompt, out.sequences(), strict=True):

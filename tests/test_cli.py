@@ -9,6 +9,7 @@ import pytest
 from tokenizers import trainers
 
 import specdec
+from drafters import Eagle, EarlyExit, QuantSpec
 from specdec.checkpoint import save_transformer
 from specdec.cli import main, parse_policy
 from specdec.config import tiny_config
@@ -16,7 +17,7 @@ from specdec.tokenizer import Tokenizer
 from train.chat import SPECIAL_TOKENS, render_chat
 from train.reference import reference_pair
 from train.tokenizer import new_tokenizer, save_tokenizer
-from trees import Chain, Static
+from trees import Adaptive, Chain, Dynamic, Sequoia, SpecExec, Static, StochasticBeam
 
 TEXT = [
     "the quick brown fox jumps over the lazy dog",
@@ -228,8 +229,14 @@ def test_broken_checkpoint_is_one_error_line_naming_the_file(copy, break_checkpo
         (["--dtype", "float8"], "invalid choice: 'float8'"),
         (["--policy", "chain:3"], "--policy shapes speculative drafts: it needs"),
         (["--children", "sample"], "--children shapes speculative drafts: it needs"),
-        (["--ngram", "2", "--policy", "beam:3"], "--policy must be 'chain:N'"),
-        (["--ngram", "2", "--draft-model", "x"], "choose one drafter"),
+        (["--ngram", "2", "--policy", "tree:3"], "--policy must be one of chain:N"),
+        (["--ngram", "2", "--policy", "beam:3"], "beam:WIDTH,DEPTH needs 2 comma-separated"),
+        (["--ngram", "2", "--policy", "sequoia:16"], "needs the per-rank acceptance vector"),
+        (["--ngram", "2", "--policy", "dynamic", "--children", "sample"], "ranked children"),
+        (["--ngram", "2", "--draft-model", "x"], "choose one drafter, got --draft-model and"),
+        (["--early-exit", "1", "--quantspec"], "--early-exit and --quantspec"),
+        (["--kv-cache", "int4"], "invalid choice: 'int4'"),
+        (["--steps-per-sync", "0"], "steps_per_sync"),
         (["--max-new-tokens", "0"], "max_new_tokens"),
         (["--top-p", "0"], "top_p"),
         (["--attention", "bogus"], "attention='bogus'"),
@@ -298,6 +305,53 @@ def test_module_entry_point_help():
 
 def test_parse_policy():
     assert parse_policy("chain:3", "top") == Chain(3)
+    assert parse_policy("chain:3") == Chain(3)
     assert parse_policy("static:[[0],[1],[0,0]]", "sample") == Static([[0], [1], [0, 0]], "sample")
-    with pytest.raises(ValueError, match="chain:N"):
-        parse_policy("beam:3", "top")
+    assert parse_policy("dynamic") == Dynamic()
+    assert parse_policy("dynamic:4,3,10") == Dynamic(depth=4, top_k=3, total_tokens=10)
+    assert parse_policy("sequoia:8:0.7,0.2", "sample_without_replacement") == Sequoia(
+        8, (0.7, 0.2), "sample_without_replacement"
+    )
+    assert parse_policy("specexec:64") == SpecExec(budget=64)
+    assert parse_policy("beam:2,3") == StochasticBeam(width=2, depth=3)
+    assert parse_policy("adaptive:5") == Adaptive(depth=5)
+    assert parse_policy("adaptive:5,confidence", "sample") == Adaptive(
+        depth=5, method="confidence", children="sample"
+    )
+    for bad, words in (("beam:3", "beam:WIDTH,DEPTH"), ("chain:x", "chain:N"), ("x", "one of")):
+        with pytest.raises(ValueError, match=words):
+            parse_policy(bad, "top")
+
+
+@pytest.mark.parametrize(
+    ("args", "drafter", "policy", "kv_cache"),
+    [
+        (["--early-exit", "1", "--policy", "adaptive:3"], EarlyExit(1), Adaptive(3), None),
+        (["--quantspec", "--policy", "chain:2"], QuantSpec(), Chain(2), "int8-hierarchical"),
+        (["--early-exit", "1", "--children", "sample"], EarlyExit(1), Chain(4, "sample"), None),
+        (["--ngram", "2", "--policy", "dynamic:3,2,6", "--steps-per-sync", "4"], None,
+         Dynamic(3, 2, 6), None),
+        (["--kv-cache", "int8-hierarchical"], None, None, "int8-hierarchical"),
+    ],
+)  # fmt: skip
+def test_cli_drafters_policies_and_cache_options(
+    checkpoint, generate_calls, capsys, args, drafter, policy, kv_cache
+):
+    prompt = ("--model", str(checkpoint), "--prompt", "the quick", "--max-new-tokens", "6")
+    assert generate(*prompt, *args) == 0, capsys.readouterr().err
+    (_, kwargs), out = generate_calls[0], capsys.readouterr().out
+    assert kwargs["policy"] == policy and kwargs["kv_cache"] == kv_cache
+    if drafter is not None:
+        assert kwargs["drafter"] == drafter
+    assert kwargs["steps_per_sync"] == (4 if "--steps-per-sync" in args else 1)
+    assert "tok/s" in out
+
+
+def test_cli_eagle_head(checkpoint, tmp_path, generate_calls, capsys):
+    model = specdec.load(checkpoint, attention="xla")
+    Eagle.random(model, version=3, seed=0, draft_vocab=64).save(tmp_path / "head")
+    args = ("--model", str(checkpoint), "--prompt", "the quick", "--max-new-tokens", "6")
+    assert generate(*args, "--eagle", str(tmp_path / "head"), "--policy", "dynamic:3,2,6") == 0
+    kwargs = generate_calls[0][1]
+    assert isinstance(kwargs["drafter"], Eagle) and kwargs["drafter"].version == 3
+    assert "tau" in capsys.readouterr().out
