@@ -123,9 +123,19 @@ def test_a_policy_run_becomes_the_budget_notebooks_gpu_result(tmp_path):
     path = budget.from_policy_run(spec, tmp_path)
     data = json.loads(path.read_text())
     assert path.name == "budget.json" and not data["smoke"]
-    assert data["rows"] == json.loads(spec.read_text())["policies"]["rows"]
+    rows = json.loads(spec.read_text())["policies"]["rows"]
+    assert data["rows"] == [dict(r, drafter="DraftModel") for r in rows]
     meta = data["meta"]
     assert meta["models"]["target"]["params"] == 100_680_000
     assert meta["models"]["draft"]["train_tokens"] == 58_800_000
     caption = common.caption(meta, drafter=meta["drafter"], batch=meta["batch"])
     assert "NVIDIA H200" in caption and "batch 4" in caption
+    # The EAGLE-3 head's run (its own target) becomes a part the notebook merges.
+    spec = REPO_ROOT / "experiments" / "results" / "policies_h200_eagle3" / "spec.json"
+    path = budget.from_policy_run(spec, tmp_path, key="policies_eagle3")
+    data = json.loads(path.read_text())
+    assert path.name == "budget-eagle3.json" and {r["drafter"] for r in data["rows"]} == {"EAGLE-3"}
+    assert data["meta"]["drafter"] == "EAGLE-3" and data["meta"]["batch"] == 4
+    assert "EAGLE-3" in data["meta"]["models"]["eagle3"]["summary"]
+    with pytest.raises(ValueError, match="key must be one of"):
+        budget.from_policy_run(spec, tmp_path, key="eagle")

@@ -39,18 +39,28 @@ target at the same temperature in the same run. The policies and how each is siz
 
     make experiments-smoke                                                  # CPU smoke
     PYTHONPATH=. python -m experiments.scaling.budget --out-dir $OUT       # GPU
+
+On the H200 the rows come from `experiments/gpu_speculation.py --phases policies`
+(`python -m experiments.scaling.budget --from-policy-run SPEC_JSON [policies_eagle3]`): solid
+lines are the trained pair's DraftModel, dashed ones an EAGLE-3 head, from a second run with its
+own target (the captions of each part are printed below the figure).
 """,
         """\
 temps = sorted({r["temperature"] for r in rows})
 fig, axes = plt.subplots(len(temps), 2, figsize=(12, 4.2 * len(temps)), squeeze=False)
+drafters = list(dict.fromkeys(r.get("drafter", meta["drafter"]) for r in rows))
 for i, t in enumerate(temps):
     mine = [r for r in rows if r["temperature"] == t]
-    for name in dict.fromkeys(r["policy"] for r in mine):
-        sel = sorted((r for r in mine if r["policy"] == name), key=lambda r: r["budget"])
-        budgets = [r["budget"] for r in sel]
-        color = f"C{budget.POLICIES.index(name)}"  # one color per policy in every panel
-        axes[i, 0].plot(budgets, [r["tau"] for r in sel], "o-", color=color, label=name)
-        axes[i, 1].plot(budgets, [r["speedup"] for r in sel], "o-", color=color, label=name)
+    for d, drafter in enumerate(drafters):
+        own = [r for r in mine if r.get("drafter", meta["drafter"]) == drafter]
+        for name in dict.fromkeys(r["policy"] for r in own):
+            sel = sorted((r for r in own if r["policy"] == name), key=lambda r: r["budget"])
+            budgets = [r["budget"] for r in sel]
+            color = f"C{budget.POLICIES.index(name)}"  # one color per policy in every panel
+            style = "o-" if d == 0 else "s--"  # one line style per drafter
+            label = name if d == 0 else f"{name} ({drafter})"
+            axes[i, 0].plot(budgets, [r["tau"] for r in sel], style, color=color, label=label)
+            axes[i, 1].plot(budgets, [r["speedup"] for r in sel], style, color=color, label=label)
     axes[i, 0].set_ylabel(f"tau (tokens per target forward, bonus incl.), T = {t:g}")
     axes[i, 1].set_ylabel(f"speedup vs plain, T = {t:g}")
     axes[i, 1].axhline(1.0, color="gray", lw=0.8)
@@ -60,14 +70,17 @@ for i, t in enumerate(temps):
         ax.grid(alpha=0.3)
     axes[i, 0].legend(fontsize=8)
 temperatures = " and ".join(f"{t:g}" for t in temps)
-title = common.caption(meta, drafter=meta["drafter"], temperature=temperatures, batch=meta["batch"])
+shown = drafters[0] + "".join(f"; {d} dashed (its own target and run)" for d in drafters[1:])
+title = common.caption(meta, drafter=shown, temperature=temperatures, batch=meta["batch"])
 fig.suptitle(title, fontsize=8)
 fig.tight_layout()
 plt.show()
+for part in result.get("parts", [])[1:]:  # the other runs' own models
+    print(part["path"], {k: v.get("summary", v) for k, v in part["meta"]["models"].items()})
 for r in rows:
     print(
-        f"T={r['temperature']:g} budget {r['budget']:4d} {r['policy']:9s} "
-        f"nodes {r['nodes']:4d} tau {r['tau']:.2f} speedup {r['speedup']:.2f}x"
+        f"{r.get('drafter', meta['drafter']):10s} T={r['temperature']:g} budget {r['budget']:4d} "
+        f"{r['policy']:9s} nodes {r['nodes']:4d} tau {r['tau']:.2f} speedup {r['speedup']:.2f}x"
     )
 """,
     ),

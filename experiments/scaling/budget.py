@@ -190,10 +190,24 @@ def smoke() -> common.Recorder:
     return main(["--smoke"])
 
 
-def from_policy_run(spec_json: str | Path, out_dir: str | Path | None = None) -> Path:
+# gpu_speculation.py's policies runs: results key -> (drafter, its training entry, result part)
+POLICY_RUNS = {
+    "policies": ("DraftModel", "draft", None),
+    "policies_eagle3": ("EAGLE-3", "eagle3", "eagle3"),
+}
+
+
+def from_policy_run(
+    spec_json: str | Path, out_dir: str | Path | None = None, key: str = "policies"
+) -> Path:
     """Write this experiment's GPU result file from a `gpu_speculation.py --phases policies` run
     (`experiments/bench_policies.compare_policies`: the same fixed-budget protocol, best variant
-    per family by tau, no Adaptive rows), for the notebook. Returns the file written."""
+    per family by tau, no Adaptive rows), for the notebook. `key` picks the run: the pair's
+    ("policies": budget.json) or the EAGLE-3 head's ("policies_eagle3": the part
+    budget-eagle3.json, on that run's own target). Rows carry their drafter. Returns the file."""
+    if key not in POLICY_RUNS:
+        raise ValueError(f"key must be one of {sorted(POLICY_RUNS)}, got {key!r}")
+    drafter, trained, part = POLICY_RUNS[key]
     run = json.loads(Path(spec_json).read_text())
     training = run["training"]
 
@@ -210,20 +224,24 @@ def from_policy_run(spec_json: str | Path, out_dir: str | Path | None = None) ->
 
     devices, device = run["device"].split(" x ", 1)
     settings = run["env"]["settings"]
-    rows = [dict(r) for r in run["policies"]["rows"]]
+    rows = [dict(r, drafter=drafter) for r in run[key]["rows"]]
     # Runs before the phase saved its protocol used these settings (4 held-out ShareGPT prompts
     # decoded as one batch, 64 new tokens, depth <= 8).
-    protocol = run["policies"].get("protocol") or dict(prompts=4, batch=4, max_new=64, max_depth=8)
+    protocol = run[key].get("protocol") or dict(prompts=4, batch=4, max_new=64, max_depth=8)
+    models = {"target": model(training["target"])}
+    models["draft" if trained == "draft" else trained] = (
+        model(training[trained]) if trained == "draft" else {"summary": training[trained]}
+    )
     meta = {
-        "models": {"target": model(training["target"]), "draft": model(training["draft"])},
+        "models": models,
         "data": common.DATA,
         "hardware": {"platform": "gpu", "device": device, "devices": int(devices)},
         "smoke": False,
-        "source": f"{spec_json} (experiments/gpu_speculation.py --phases policies)",
+        "source": f"{spec_json}, {key} (experiments/gpu_speculation.py --phases policies)",
         "versions": run["env"]["versions"],
         "prompts": protocol["prompts"],
         "max_new_tokens": protocol["max_new"],
-        "drafter": "DraftModel",
+        "drafter": drafter,
         "batch": protocol["batch"],
         "temperatures": sorted({r["temperature"] for r in rows}),
         "budgets": sorted({r["budget"] for r in rows}),
@@ -231,15 +249,15 @@ def from_policy_run(spec_json: str | Path, out_dir: str | Path | None = None) ->
         "settings": settings,
     }
     data = {"experiment": NAME, "smoke": False, "meta": meta, "rows": rows,
-            "acceptance": run["policies"]["acceptance"]}  # fmt: skip
-    path = common.result_path(NAME, False, out_dir)
+            "acceptance": run[key]["acceptance"]}  # fmt: skip
+    path = common.result_path(NAME, False, out_dir, part)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--from-policy-run"]:  # python -m ... --from-policy-run SPEC_JSON
-        print(from_policy_run(sys.argv[2]))
+    if sys.argv[1:2] == ["--from-policy-run"]:  # ... --from-policy-run SPEC_JSON [KEY]
+        print(from_policy_run(sys.argv[2], key=sys.argv[3] if len(sys.argv) > 3 else "policies"))
     else:
         main(sys.argv[1:])
