@@ -86,7 +86,13 @@ class DeferredFused(Deferred):
     shape: tuple[int, ...]
 
     def draw(self, sharding=None) -> jax.Array:
-        return jax.jit(self.join, out_shardings=sharding)(*(p.draw() for p in self.parts))
+        return _joiner(self.join, sharding)(*(p.draw() for p in self.parts))
+
+
+@functools.cache
+def _joiner(join: Callable[..., jax.Array], sharding=None) -> Callable:
+    """jit(join) placed by `sharding`: one program per (join, sharding), as `_normal_drawer`."""
+    return jax.jit(join, out_shardings=sharding)
 
 
 _DEFER = threading.local()
