@@ -508,8 +508,9 @@ def _layout(module: EagleHead) -> list[tuple]:
         rows += [("lm_head.weight", "lm_head", t, t)]
     for i, layer in enumerate(module.layers):
         prefix = "midlayer." if module.version == 3 else f"layers.{i}."
-        width, kv_heads, group, head_dim = layer.qkv.shape
-        group, heads = group - 2, kv_heads * (group - 2)
+        width, kv_heads, slots, head_dim = layer.qkv.shape  # slots: G query heads, k, v
+        group = slots - 2
+        heads = kv_heads * group
         fold = lambda *shape: (  # HF [out, W] <-> ours [W, ...]
             lambda x, shape=shape: x.T.reshape(*shape),
             lambda x, w=shape[0]: x.reshape(w, -1).T,
