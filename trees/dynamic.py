@@ -109,7 +109,7 @@ class Dynamic(Policy):
         cand_levels = [jnp.full((batch, k), 1, jnp.int32)]
         front_cand = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (batch, k))  # [B, k]
         front_work = 1 + jnp.arange(k, dtype=jnp.int32)  # working-tree index of the frontier
-        work = self._place(work, front_work, tokens, jnp.zeros((batch, k), jnp.int32), 1, scores)
+        work = self._place(work, 1, tokens, jnp.zeros((batch, k), jnp.int32), 1, scores)
         base = k  # candidate index of the level's first candidate
 
         for level in range(2, self.depth + 1):
@@ -127,9 +127,10 @@ class Dynamic(Policy):
                 # lax.top_k puts the lower index first among equal values.
                 scores, best = jax.lax.top_k(level_scores, k)  # [B, k]
                 parent_work = jnp.repeat(front_work, k)[best]  # [B, k]
-                front_work = 1 + (level - 1) * k + jnp.arange(k, dtype=jnp.int32)
+                start = 1 + (level - 1) * k  # the level's frontier: working nodes start..+k-1
+                front_work = start + jnp.arange(k, dtype=jnp.int32)
                 work = self._place(
-                    work, front_work, level_tokens[rows, best], parent_work, level, scores
+                    work, start, level_tokens[rows, best], parent_work, level, scores
                 )
                 front_cand = base + best.astype(jnp.int32)
             base += k * k
@@ -143,14 +144,16 @@ class Dynamic(Policy):
         ), state
 
     @staticmethod
-    def _place(work, index, tokens, parents, level, scores):
-        """Write frontier nodes at working-tree indices `index` [k] (one level)."""
+    def _place(work, start: int, tokens, parents, level, scores):
+        """Write one level's k frontier nodes [B, k] at working-tree indices start..start+k-1
+        (a static slice: an in-place update, not a scatter)."""
+        at = slice(start, start + tokens.shape[1])
         return dataclasses.replace(
             work,
-            tokens=work.tokens.at[:, index].set(tokens),
-            parents=work.parents.at[:, index].set(parents),
-            depths=work.depths.at[:, index].set(level),
-            valid=work.valid.at[:, index].set(jnp.isfinite(scores)),
+            tokens=work.tokens.at[:, at].set(tokens),
+            parents=work.parents.at[:, at].set(parents),
+            depths=work.depths.at[:, at].set(level),
+            valid=work.valid.at[:, at].set(jnp.isfinite(scores)),
         )
 
     def _select(self, scores, tokens, parents, levels, root):
