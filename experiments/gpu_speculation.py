@@ -618,20 +618,22 @@ class Session:
         target = specdec.load(self.dirs["target"])  # default attention: the kernel on GPU
         sets = self._sets(target)
         prompts = sets["ShareGPT"][: 4 if not smoke else 2]
-        drafters = {
-            "eagle3": lambda: ("policies_eagle3", Eagle.load(self.dirs["eagle3"], target),
-                               tuple(self.args.eagle_budgets) if not smoke else (4,), ()),
-            "pair": lambda: ("policies",
-                             DraftModel(specdec.load(self.dirs["draft"], attention="xla")),
-                             (8, 16, 32, 64, 128) if not smoke else (4, 8),
-                             (256, 512, 1024) if not smoke else (16,)),
+        # run -> (its checkpoint, then: results key, drafter, budgets, SpecExec-only budgets)
+        runs = {
+            "eagle3": (self.dirs["eagle3"], lambda d: (
+                "policies_eagle3", Eagle.load(d, target),
+                tuple(self.args.eagle_budgets) if not smoke else (4,), ())),
+            "pair": (self.dirs["draft"], lambda d: (
+                "policies", DraftModel(specdec.load(d, attention="xla")),
+                (8, 16, 32, 64, 128) if not smoke else (4, 8),
+                (256, 512, 1024) if not smoke else (16,))),
         }  # fmt: skip
-        needs = {"eagle3": self.dirs["eagle3"], "pair": self.dirs["draft"]}
         for name in self.args.policy_runs:
-            if not (needs[name] / "config.json").is_file():
-                print(f"policies: no {needs[name]}, skipping the {name} run", flush=True)
+            directory, make = runs[name]
+            if not (directory / "config.json").is_file():
+                print(f"policies: no {directory}, skipping the {name} run", flush=True)
                 continue
-            key, drafter, budgets, specexec = drafters[name]()
+            key, drafter, budgets, specexec = make(directory)
             done = (self.results.data.get(key) or {}).get("rows")
             protocol = dict(
                 drafter=name,

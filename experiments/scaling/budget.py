@@ -229,9 +229,9 @@ def from_policy_run(
     # decoded as one batch, 64 new tokens, depth <= 8).
     protocol = run[key].get("protocol") or dict(prompts=4, batch=4, max_new=64, max_depth=8)
     models = {"target": model(training["target"])}
-    models["draft" if trained == "draft" else trained] = (
-        model(training[trained]) if trained == "draft" else {"summary": training[trained]}
-    )
+    # A trained LM's summary has params / tokens / ppl; an EAGLE head's only its own numbers.
+    summary = training[trained]
+    models[trained] = model(summary) if trained == "draft" else {"summary": summary}
     meta = {
         "models": models,
         "data": common.DATA,
