@@ -24,9 +24,13 @@ import specdec
 from drafters import DraftModel, Eagle, EarlyExit, NGram
 from specdec.sampling import SamplingParams
 from trees import (
+    Adaptive,
+    Chain,
     ChildKind,
+    Dynamic,
     Sequoia,
     SpecExec,
+    Static,
     StochasticBeam,
     choose_budget,
     measure_acceptance,
@@ -400,3 +404,23 @@ def test_stochastic_beam_samples_sequences_without_replacement():
     seq = np.asarray(tree.tokens[:, 1]) * vocab + np.asarray(tree.tokens[:, 2])
     exact = (q[0][:, None] * q).reshape(-1)
     assert chi_square_pvalue(np.bincount(seq, minlength=vocab**2), exact) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        Chain(3),
+        Static([[0], [1], [0, 0]]),
+        Dynamic(depth=8, top_k=4, total_tokens=8),  # drafts deeper than 8 kept nodes can be
+        Dynamic(depth=3, top_k=2, total_tokens=6),
+        Sequoia(8, (0.7, 0.2), depth=6),
+        SpecExec(budget=6),  # depth 32 by default, 5 at most in 6 nodes
+        StochasticBeam(width=2, depth=3),
+        Adaptive(depth=4),
+    ],
+    ids=repr,
+)
+def test_max_depth_is_reachable_within_max_nodes(policy):
+    # Drafters size per-step buffers by max_depth + 1 (the EAGLE head's catch-up, the commit):
+    # a policy must not claim more depth than a tree of its max_nodes can have.
+    assert 1 <= policy.max_depth <= policy.max_nodes - 1
