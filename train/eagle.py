@@ -155,6 +155,7 @@ def load_data(
     regenerate_dir: str | os.PathLike | None = None,
     regen_max_new_tokens: int = 256,
     regen_batch_size: int = 64,
+    regen_batch_tokens: int = 65_536,
     progress: bool = True,
 ) -> EagleData:
     """Tokenized splits (cached, train.tokens) of the target's tokenizer, optionally regenerated."""
@@ -175,6 +176,7 @@ def load_data(
                 Path(regenerate_dir),
                 max_new_tokens=regen_max_new_tokens,
                 batch_size=regen_batch_size,
+                batch_tokens=regen_batch_tokens,
                 progress=progress,
             )
     return build_data(streams["train"], streams["heldout"], ids, cfg, target.config.vocab_size)
@@ -190,6 +192,7 @@ def regenerated_stream(
     *,
     max_new_tokens,
     batch_size,
+    batch_tokens,
     progress,
 ) -> np.ndarray:
     """The split's stream with the target's own responses, cached in `directory` by the target's
@@ -225,6 +228,7 @@ def regenerated_stream(
             ids,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            batch_tokens=batch_tokens,
             progress=progress,
         )
         directory.mkdir(parents=True, exist_ok=True)
@@ -595,6 +599,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--regenerate", action="store_true", help="train on the target's responses")
     p.add_argument("--regen-max-new-tokens", type=int, default=256, help="reply cap per turn (256)")
     p.add_argument("--regen-batch-size", type=int, default=64, help="prompts per generate (64)")
+    p.add_argument(
+        "--regen-batch-tokens",
+        type=int,
+        default=65_536,
+        help="padded tokens (prompts + reply cap) per generate (65536)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--num-layers", type=int, default=d.num_layers, help="head decoder layers")
     p.add_argument("--draft-vocab", type=int, help="EAGLE-3 draft vocabulary (min(32000, V/4))")
@@ -679,6 +689,7 @@ def main(argv: list[str] | None = None) -> EagleResult:
         regenerate_dir=f"{out}.regen" if args.regenerate else None,
         regen_max_new_tokens=args.regen_max_new_tokens,
         regen_batch_size=args.regen_batch_size,
+        regen_batch_tokens=args.regen_batch_tokens,
         progress=not args.no_progress,
     )
     print(

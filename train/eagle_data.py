@@ -12,9 +12,13 @@ whole batch of documents, at the token level (no detokenize/retokenize round tri
 deterministic, so the cached result is reproducible, and it is what T = 0 acceptance is measured
 against. A response ends at the first chat token the target emits (`<|end|>`, or a role or
 `<|bos|>` token, which would forge a turn); one cut at `max_new_tokens` still gets its `<|end|>`.
-A conversation whose prompt no longer fits the target's context is cut before that turn.
+A conversation whose prompt no longer fits the target's context is cut before that turn. Batches
+hold at most `batch_size` prompts and `batch_tokens` tokens (prompts padded to the longest plus
+the reply cap): a prefill's activations grow with both, its attention scores with B x L^2 when
+the target computes attention in XLA.
 """
 
+import itertools
 import os
 from collections.abc import Sequence
 
@@ -81,6 +85,27 @@ def _render(turns: Sequence[tuple[int, np.ndarray]], ids: dict[str, int]) -> lis
     return out
 
 
+def batch_slices(
+    lengths: Sequence[int], batch_size: int, batch_tokens: int, extra: int = 0
+) -> list[slice]:
+    """Consecutive slices of `lengths` (sorted ascending), each of at most `batch_size` items
+    whose padded size (items x (longest + extra)) is at most `batch_tokens`; an item longer than
+    that alone gets a slice of its own."""
+    if batch_size < 1 or batch_tokens < 1:
+        raise ValueError(f"{batch_size=} and {batch_tokens=} must be >= 1")
+    if any(a > b for a, b in itertools.pairwise(lengths)):
+        raise ValueError("lengths must be sorted ascending")
+    slices, start = [], 0
+    for i, n in enumerate(lengths):
+        count = i - start + 1
+        if i > start and (count > batch_size or count * (n + extra) > batch_tokens):
+            slices.append(slice(start, i))
+            start = i
+    if start < len(lengths):
+        slices.append(slice(start, len(lengths)))
+    return slices
+
+
 def regenerate_documents(
     target,
     documents: Sequence[np.ndarray],
@@ -88,6 +113,7 @@ def regenerate_documents(
     *,
     max_new_tokens: int,
     batch_size: int,
+    batch_tokens: int = 65_536,
     progress: bool = True,
 ) -> list[np.ndarray]:
     """The documents with every assistant turn replaced by the target's greedy response (see
@@ -116,8 +142,9 @@ def regenerate_documents(
         if not jobs:
             break
         jobs.sort(key=lambda job: len(job[2]))  # similar lengths share a batch: less padding
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
+        lengths = [len(prompt) for _, _, prompt in jobs]
+        for part in batch_slices(lengths, batch_size, batch_tokens, extra=max_new_tokens):
+            chunk = jobs[part]
             out = specdec.generate(
                 target,
                 [prompt for _, _, prompt in chunk],

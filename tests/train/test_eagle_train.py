@@ -24,6 +24,7 @@ from train.eagle_data import (
     _render,
     _turns,
     assistant_mask,
+    batch_slices,
     chat_ids,
     draft_vocabulary,
     regenerate_documents,
@@ -169,6 +170,28 @@ def test_regenerate_replaces_assistant_turns_by_greedy_responses(tiny):
             reply = specdec.generate(target, [prompt], max_new_tokens=6, eos_token_id=stops)
             want = reply.sequences()[0]
             np.testing.assert_array_equal(text, want[:-1] if want[-1] in stops else want)
+    # One prompt per generate (every batch over the token bound): the same documents.
+    alone = regenerate_documents(
+        target, documents, IDS, max_new_tokens=6, batch_size=8, batch_tokens=1
+    )
+    for a, b in zip(new, alone, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_slices_bound_prompts_and_padded_tokens():
+    lengths = [10, 10, 20, 30, 30, 100, 500]
+    slices = batch_slices(lengths, batch_size=3, batch_tokens=100, extra=10)
+    assert slices == [slice(0, 3), slice(3, 5), slice(5, 6), slice(6, 7)]
+    for part in slices:  # within both bounds, unless one item alone exceeds them
+        group = lengths[part]
+        assert len(group) <= 3
+        assert len(group) == 1 or len(group) * (max(group) + 10) <= 100
+    assert batch_slices(lengths, 64, 10**9) == [slice(0, 7)]
+    assert batch_slices([], 4, 100) == []
+    with pytest.raises(ValueError, match="sorted"):
+        batch_slices([3, 2], 4, 100)
+    with pytest.raises(ValueError, match="batch_tokens=0"):
+        batch_slices([1], 4, 0)
 
 
 @pytest.mark.parametrize("version", [1, 3])
