@@ -6,21 +6,24 @@ hierarchical INT4/INT8 cache (quality, bytes, decoding speed, self-speculation) 
     # the same code path with a micro model on a CPU (a couple of minutes): run this first
     PYTHONPATH=. .venv/bin/python experiments/bench_quantspec.py --smoke --out /tmp/qs_smoke
 
-Phases, all against one deadline (--deadline-s, default 560 s), results rewritten to
-$OUT/quantspec.json and $OUT/quantspec.md after every row:
-  0. the kernels (phase 5 below; first, since they need no trained model)
-  1. tokenizer + ShareGPT token streams (multi-turn conversations, concatenated; training packs
-     them into windows of --context tokens, >= 4096 on GPU)
-  2. the `small` target trained at that context (bf16 export)
-  3. quality of the quantised cache against the bf16 cache on held-out windows: a prefix of
-     --prompt-tokens, then the next tokens teacher-forced in blocks no longer than `recent` + 1
-     (exactly plain decoding's reads): perplexity and top-1 agreement of INT8 (and INT4) vs bf16
-  4. decoding with prompts of 2k-4k tokens cut from the held-out stream (multi-turn conversations),
-     batch 1 and 8, greedy: plain bf16 cache, plain INT8 cache, QuantSpec + Chain(5) on the INT8
-     cache; acceptance per drafted token, speedup over plain bf16, greedy equality with plain INT8
-  5. kernels at Llama-3-8B heads (32 query / 8 KV heads, H 128), S in {8k, 32k, 64k}, B in {1, 8},
-     T in {1, 16}: time, bytes read and roofline of the quantised kernel (INT8 and INT4 views)
-     against the bf16 tree-attention kernel at the same shape
+Phases (--phases, default all three), against one deadline (--deadline-s, default 560 s),
+results rewritten to $OUT/quantspec.json and $OUT/quantspec.md after every row:
+  kernels  first (no trained model needed): Llama-3-8B heads (32 query / 8 KV heads, H 128),
+           S in {8k, 32k, 64k}, B in {1, 8}, T in {1, 16}: time, bytes read and roofline of the
+           quantised kernel (INT8 and INT4 views) against the bf16 tree-attention kernel at the
+           same shape
+  (decode or quality asks for a trained target: tokenizer + ShareGPT token streams, multi-turn
+  conversations concatenated and packed into windows of --context tokens, >= 4096 on GPU; the
+  `small` target trained at that context for what the deadline leaves, bf16 export)
+  decode   prompts of 2k-4k tokens cut from the held-out stream (multi-turn conversations), batch
+           1 and 8, greedy, EOS off (every row emits max_new tokens per sequence): plain bf16
+           cache, plain INT8 cache, QuantSpec + Chain(5) on the INT8 cache; acceptance per drafted
+           token, speedup over plain bf16 (prefill included, the same in every row), greedy
+           equality with plain INT8
+  quality  the quantised cache against the bf16 cache on held-out windows: a prefix of 2048
+           tokens, then the next tokens teacher-forced in blocks no longer than `recent` + 1
+           (exactly plain decoding's reads): perplexity and top-1 agreement of INT8 (and INT4)
+           vs bf16. Last: on the H200 it took 123 s, and decode is what the issue's targets need.
 """
 
 import argparse
@@ -44,8 +47,10 @@ from specdec.quant_cache import QuantKV, cache_bytes_per_token, make_cache
 from trees import Chain
 
 DRAFT = Chain(5)  # QuantSpec's draft length
-# HBM ceiling of the H200 measured with device-side timing (TECH_NOTES); the roofline uses it.
-H200_PEAK_BYTES_PER_S = 4.24e12
+PHASES = ("kernels", "decode", "quality")
+# The best HBM bandwidth measured on the H200 with device-side timing (a bf16 GEMV timed by
+# CUPTI, experiments/results/bench_all_h200_run2 and run4: 4.64 TB/s); the rooflines use it.
+H200_PEAK_BYTES_PER_S = 4.64e12
 
 
 class Report:
@@ -158,22 +163,23 @@ def decode_rows(model, prompts, max_new, mode, eos, on_row, deadline) -> None:
         out = specdec.generate(model, prompts, **kw)
         return out, first.stats.compile_seconds
 
+    def speed(out) -> dict:
+        stats = out.stats
+        return {
+            "new_tokens": stats.new_tokens,
+            "ms_per_forward": 1e3 * stats.wall_seconds / max(stats.target_forwards, 1),
+            "tok_s": stats.tokens_per_second,
+            "speedup": stats.tokens_per_second / base.stats.tokens_per_second,
+        }
+
     base, _ = run()
     plain8, _ = run(kv_cache=mode)
     common = {
         "batch": len(prompts),
         "prompt_tokens": f"{min(map(len, prompts))}-{max(map(len, prompts))}",
-        "new_tokens": max_new,
     }
-    on_row({**common, "mode": "plain dense", "tok_s": base.stats.tokens_per_second, "speedup": 1.0})
-    on_row(
-        {
-            **common,
-            "mode": "plain int8",
-            "tok_s": plain8.stats.tokens_per_second,
-            "speedup": plain8.stats.tokens_per_second / base.stats.tokens_per_second,
-        }
-    )
+    on_row({**common, "mode": "plain dense", **speed(base)})
+    on_row({**common, "mode": "plain int8", **speed(plain8)})
     if time.perf_counter() > deadline:
         return
     spec, compile_s = run(kv_cache=mode, drafter=QuantSpec(), policy=DRAFT)
@@ -182,8 +188,7 @@ def decode_rows(model, prompts, max_new, mode, eos, on_row, deadline) -> None:
         {
             **common,
             "mode": f"QuantSpec {DRAFT.max_depth}",
-            "tok_s": spec.stats.tokens_per_second,
-            "speedup": spec.stats.tokens_per_second / base.stats.tokens_per_second,
+            **speed(spec),
             "tau": spec.stats.tau,
             "accept_per_draft": (spec.stats.tau - 1) / DRAFT.max_depth,
             "accept_by_depth": ", ".join(f"{a:.2f}" for a in spec.stats.acceptance_by_depth),
@@ -330,6 +335,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-budget-s", type=float)
     p.add_argument("--context", type=int, help="training context (>= 4096 on GPU)")
     p.add_argument("--peak-bw", type=float, default=H200_PEAK_BYTES_PER_S)
+    p.add_argument(
+        "--phases",
+        nargs="+",
+        choices=PHASES,
+        default=list(PHASES),
+        help="what to measure (decode and quality train the target first)",
+    )
     args = p.parse_args(argv)
     started = time.perf_counter()
     smoke = args.smoke
@@ -371,7 +383,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # The kernels need no trained model: they run first, so the training's budget cannot crowd
     # them out of the call.
-    run_phase(report, "kernels", kernel_phase)
+    if "kernels" in args.phases:
+        run_phase(report, "kernels", kernel_phase)
+    if not {"decode", "quality"} & set(args.phases):
+        print(report.markdown(), flush=True)
+        return
 
     t = time.perf_counter()
     tokenizer_dir = ensure_tokenizer(cfg.tokenizer, Path(args.work) / "tokenizer")
@@ -379,9 +395,14 @@ def main(argv: list[str] | None = None) -> None:
     report.data["phases"]["data"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
-    # 240 s on the GPU, less if the kernels ran long: quality and decoding need ~220 s after it.
+    # 240 s on the GPU, less if the kernels ran long: after it, decoding needs ~200 s (two
+    # batches of three compiled loops at 2k-4k tokens; the H200's first run spent 67 s on batch
+    # 1's first two) and quality ~125 s.
+    after = (200.0 if "decode" in args.phases else 0.0) + (
+        125.0 if "quality" in args.phases else 0.0
+    )
     left = deadline - time.perf_counter()
-    budget = args.train_budget_s or (30 if smoke else max(60.0, min(240.0, left - 220.0)))
+    budget = args.train_budget_s or (30 if smoke else max(60.0, min(240.0, left - after)))
     target_dir = Path(args.work) / "target"
     result = train_and_export(
         cfg,
@@ -426,7 +447,6 @@ def main(argv: list[str] | None = None) -> None:
 
     def decode_phase():
         rng = np.random.default_rng(0)
-        eos = model.tokenizer.eos_token_ids if model.tokenizer is not None else None
         for batch in batches:
             if time.perf_counter() > deadline - 60:
                 break
@@ -435,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
             prompts = [heldout[s : s + n].tolist() for s, n in zip(starts, lens, strict=True)]
             on_row = lambda r: report.add("decode", r)
             try:
-                decode_rows(models[0], prompts, max_new, mode, eos, on_row, deadline - 60)
+                decode_rows(models[0], prompts, max_new, mode, None, on_row, deadline - 60)
             except Exception as err:  # e.g. a kernel that does not compile: note it, use XLA
                 note = f"batch {batch} with attention={models[0].attention!r}: {err!r}"[:2000]
                 report.data.setdefault("errors", {})[f"decode B{batch}"] = note
@@ -443,10 +463,12 @@ def main(argv: list[str] | None = None) -> None:
                 if models[0].attention == "xla":
                     raise
                 models[0] = specdec.load(target_dir, dtype=dtype, attention="xla")
-                decode_rows(models[0], prompts, max_new, mode, eos, on_row, deadline - 60)
+                decode_rows(models[0], prompts, max_new, mode, None, on_row, deadline - 60)
 
-    run_phase(report, "quality", quality_phase)
-    run_phase(report, "decode", decode_phase)
+    if "decode" in args.phases:
+        run_phase(report, "decode", decode_phase)
+    if "quality" in args.phases:
+        run_phase(report, "quality", quality_phase)
     report.write()
     print(report.markdown(), flush=True)
 
