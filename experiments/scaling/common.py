@@ -426,6 +426,11 @@ def finish_args(args: argparse.Namespace, *, prompts: int, max_new: int) -> argp
         args.dtype = "float32"
     elif jax.default_backend() == "cpu":
         raise SystemExit("GPU mode on a CPU backend: pass --smoke (tiny models) instead")
+    else:
+        # GPU mode: a persistent compilation cache in --work, so programs repeated within the run
+        # (a trainer per data fraction or width, a decode loop per drafter) and by a later run
+        # on the same warm machine can be read instead of compiled (as gpu_speculation does).
+        jax.config.update("jax_compilation_cache_dir", str(Path(args.work) / "jax_cache"))
     return args
 
 
