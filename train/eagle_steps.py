@@ -93,19 +93,34 @@ def ttt_attention(
     diagonal score per later step, merged in one softmax (memory O(L^2 + kL), not O(kL^2))."""
     if len(keys) == 1:
         return causal_attention(q, keys[0], values[0])
+    later_k = jnp.stack(keys[1:], axis=-2)  # [B, L, K, J, H]
+    later_v = jnp.stack(values[1:], axis=-2)
+    valid = jnp.ones((len(keys) - 1,), bool)
+    return diagonal_attention(q, keys[0], values[0], later_k, later_v, valid)
+
+
+def diagonal_attention(
+    q: jax.Array,  # [B, L, N, H]
+    k0: jax.Array,  # [B, L, K, H] step 0's keys (seen causally)
+    v0: jax.Array,  # [B, L, K, H]
+    later_k: jax.Array,  # [B, L, K, J, H] keys of steps 1..J (each seen at the query's index)
+    later_v: jax.Array,  # [B, L, K, J, H]
+    valid: jax.Array,  # [J] bool: which of the J later steps exist yet (the rest are ignored)
+) -> jax.Array:  # [B, L, N, H]
+    """`ttt_attention` over a fixed-size buffer of later steps, so a scan over steps keeps one
+    shape: the causal block of step 0 and the valid diagonal scores, in one softmax."""
     batch, length, heads, dim = q.shape
-    kv_heads = keys[0].shape[2]
+    kv_heads = k0.shape[2]
     qg = q.astype(jnp.float32).reshape(batch, length, kv_heads, heads // kv_heads, dim)
     qg = qg * dim**-0.5  # [B, L, K, G, H]
     f32 = lambda x: x.astype(jnp.float32)
-    causal = jnp.einsum("BTKGH,BSKH->BKGTS", qg, f32(keys[0]))  # [B, K, G, L, L]
+    causal = jnp.einsum("BTKGH,BSKH->BKGTS", qg, f32(k0))  # [B, K, G, L, L]
     causal = jnp.where(jnp.tril(jnp.ones((length, length), bool)), causal, -jnp.inf)
-    later_k = jnp.stack([f32(k) for k in keys[1:]], axis=-2)  # [B, L, K, J, H]
-    later_v = jnp.stack([f32(v) for v in values[1:]], axis=-2)  # [B, L, K, J, H]
-    diagonal = jnp.einsum("BTKGH,BTKJH->BKGTJ", qg, later_k)  # [B, K, G, L, J]
+    diagonal = jnp.einsum("BTKGH,BTKJH->BKGTJ", qg, f32(later_k))  # [B, K, G, L, J]
+    diagonal = jnp.where(valid, diagonal, -jnp.inf)
     probs = jax.nn.softmax(jnp.concatenate([causal, diagonal], axis=-1), axis=-1)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs[..., :length], f32(values[0]))
-    out = out + jnp.einsum("BKGTJ,BTKJH->BTKGH", probs[..., length:], later_v)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs[..., :length], f32(v0))
+    out = out + jnp.einsum("BKGTJ,BTKJH->BTKGH", probs[..., length:], f32(later_v))
     return out.reshape(batch, length, heads, dim).astype(q.dtype)
 
 
@@ -151,39 +166,86 @@ def _smooth_l1(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean(jnp.where(d < 1.0, 0.5 * d * d, d - 0.5), axis=-1)
 
 
-def _shift(x: jax.Array, k: int, length: int) -> jax.Array:
+def _pad_steps(x: jax.Array, length: int) -> jax.Array:
+    """x [B, L+1, ...] zero-padded to [B, 2L+2, ...], so `_take` can slice any step k < L."""
+    return jnp.pad(x, [(0, 0), (0, length + 1)] + [(0, 0)] * (x.ndim - 2))
+
+
+def _take(padded: jax.Array, k, length: int) -> jax.Array:
+    """x[:, k+1 : k+1+L] of the unpadded x (zeros past its end); k may be traced: [B, L, ...]."""
+    return jax.lax.dynamic_slice_in_dim(padded, k + 1, length, axis=1)
+
+
+def _shift(x: jax.Array, k, length: int) -> jax.Array:
     """x [B, L+1, ...] -> x[:, k+1 : k+1+L] zero-padded past the row's end: [B, L, ...]."""
-    pad = [(0, 0), (0, k + 1)] + [(0, 0)] * (x.ndim - 2)
-    return jnp.pad(x, pad)[:, k + 1 : k + 1 + length]
+    return _take(_pad_steps(x, length), k, length)
 
 
-def ttt_unroll(
+def ttt_scan(
     head: EagleHead,
     target: Transformer,
     tokens: jax.Array,  # [B, L+1] int32
     fused: jax.Array,  # [B, L, D] step 0's input features (fc over the target's taps)
     steps: int,
     dtype,
-) -> list[jax.Array]:
-    """Training-time test: the head's output features [B, L, D] of steps 0..steps-1 (see the
-    module docstring): step k reads token t+k+1 at RoPE position t+k and step k-1's output."""
+    per_step,  # (k, x [B, L, D]) -> a pytree of arrays: what each step contributes
+):
+    """Training-time test (see the module docstring): step k reads token t+k+1 at RoPE position
+    t+k and step k-1's output; returns per_step's pytree stacked over k = 0..steps-1.
+
+    Step 0 runs causally; steps 1..K-1 run in one `lax.scan` (one compiled step body, however
+    many steps), each layer's later keys and values kept in a [B, L, K, K-1, H] buffer that step
+    k fills at k-1 and reads up to it (`diagonal_attention`)."""
     batch, length = tokens.shape[0], tokens.shape[1] - 1
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    keys: dict[int, list] = {i: [] for i in range(len(head.layers))}
-    values: dict[int, list] = {i: [] for i in range(len(head.layers))}
+    padded = _pad_steps(tokens, length)
+    first: dict[int, tuple] = {}  # layer -> (k0, v0)
 
-    def attention(layer, q, k, v):
-        keys[layer].append(k)
-        values[layer].append(v)
-        return ttt_attention(q, tuple(keys[layer]), tuple(values[layer]))
+    def causal(layer, q, k, v):
+        first[layer] = (k, v)
+        return causal_attention(q, k, v)
 
-    outputs, x = [], fused
-    for k in range(steps):
-        x = head_forward(
-            head, target, _shift(tokens, k, length), x, positions + k, attention, dtype
-        )
-        outputs.append(x)
-    return outputs
+    x = head_forward(head, target, _take(padded, 0, length), fused, positions, causal, dtype)
+    out0 = per_step(0, x)
+    if steps == 1:
+        return jax.tree.map(lambda a: a[None], out0)
+
+    def buffer(a):  # [B, L, K, H] -> zeros [B, L, K, steps-1, H]
+        return jnp.zeros((*a.shape[:3], steps - 1, a.shape[3]), a.dtype)
+
+    layers = range(len(head.layers))
+    later = tuple((buffer(first[i][0]), buffer(first[i][1])) for i in layers)
+
+    def body(carry, k):
+        x, later = carry
+        written = list(later)
+
+        def attention(layer, q, key, value):
+            bk, bv = later[layer]
+            bk = jax.lax.dynamic_update_index_in_dim(bk, key, k - 1, axis=3)
+            bv = jax.lax.dynamic_update_index_in_dim(bv, value, k - 1, axis=3)
+            written[layer] = (bk, bv)
+            valid = jnp.arange(steps - 1) < k  # steps 1..k
+            return diagonal_attention(q, *first[layer], bk, bv, valid)
+
+        x = head_forward(head, target, _take(padded, k, length), x, positions + k, attention, dtype)
+        return (x, tuple(written)), per_step(k, x)
+
+    _, rest = jax.lax.scan(body, (x, later), jnp.arange(1, steps, dtype=jnp.int32))
+    return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), out0, rest)
+
+
+def ttt_unroll(
+    head: EagleHead,
+    target: Transformer,
+    tokens: jax.Array,  # [B, L+1] int32
+    fused: jax.Array,  # [B, L, D] step 0's input features
+    steps: int,
+    dtype,
+) -> list[jax.Array]:
+    """The head's output features [B, L, D] of training-time test steps 0..steps-1."""
+    stacked = ttt_scan(head, target, tokens, fused, steps, dtype, lambda k, x: x)
+    return list(stacked)
 
 
 def eagle_terms(
@@ -227,20 +289,23 @@ def eagle_terms(
     target_p = jax.nn.softmax(out.logits[..., draft_ids], axis=-1)  # [B, L+1, Vd]
     weight = mask * in_vocab  # [B, L+1]
     fused = fuse(head, tuple(t[:, :-1] for t in out.taps), dtype)  # [B, L, D]
-    ce, wsum, hits, scored = [], [], [], []
-    for k, x in enumerate(ttt_unroll(head, target, tokens, fused, spec.ttt_steps, dtype)):
+    weight_p, mask_p = _pad_steps(weight, length), _pad_steps(mask, length)
+    target_p, target_top = _pad_steps(target_p, length), _pad_steps(target_top, length)
+
+    def per_step(k, x):  # step k's summed terms, from its output features x [B, L, D]
         logits = draft_logits(head, x, dtype)  # [B, L, Vd]
-        w, m = _shift(weight, k, length), _shift(mask, k, length)  # [B, L]
-        step_ce = _soft_ce(_shift(target_p, k, length), logits)
-        hit = draft_ids[jnp.argmax(logits, -1)] == _shift(target_top, k, length)
-        ce.append(jnp.sum(w * step_ce))
-        wsum.append(jnp.sum(w))
-        hits.append(jnp.sum(m * hit))
-        scored.append(jnp.sum(m))
+        w, m = _take(weight_p, k, length), _take(mask_p, k, length)  # [B, L]
+        step_ce = _soft_ce(_take(target_p, k, length), logits)
+        hit = draft_ids[jnp.argmax(logits, -1)] == _take(target_top, k, length)
+        return jnp.sum(w * step_ce), jnp.sum(w), jnp.sum(m * hit), jnp.sum(m)
+
+    ce, wsum, hits, scored = ttt_scan(
+        head, target, tokens, fused, spec.ttt_steps, dtype, per_step
+    )  # each [K]
     return Terms(
-        ce=jnp.stack(ce),
-        weight=jnp.stack(wsum),
-        hits=jnp.stack(hits),
-        scored=jnp.stack(scored),
+        ce=ce,
+        weight=wsum,
+        hits=hits,
+        scored=scored,
         feature=jnp.zeros((), jnp.float32),
     )
