@@ -7,9 +7,13 @@ softmax:
 
 1. the quantised planes, blocks [0, the end of the last group any row may read quantised): each
    block's packed bytes are unpacked into the two head halves (byte j holds channels j and
-   j + H/2), dequantised in registers (min + s * (u [+ (l - 7.5) / 16])), and multiplied against
-   the matching halves of the queries; the per-row rule `(j // group + 1) * group + recent <= p`
-   and j < lengths mask it. The INT4 (draft) view never loads the lower planes.
+   j + H/2) and multiplied as matrices of their integer nibbles, never dequantised per element:
+   a key block shares one scale and minimum per channel, so the scale multiplies the queries
+   and the minimum adds q . min to the scores; a value shares them per token, so the scale
+   multiplies the softmax weights and the minimum adds p . min. Levels are u [+ (l - 7.5) / 16];
+   nibbles become exact bf16 operands by bit tricks, not conversions (`_nibble_operands`). The
+   per-row rule `(j // group + 1) * group + recent <= p` and j < lengths mask it. The INT4
+   (draft) view never loads the lower planes.
 2. the full-precision buffer (positions base + [0, F)), holding the recent committed tokens that
    the rule leaves in full precision and the block's own region (tree mask from the bit-packed
    words, exactly as the tree-attention kernel reads it).
@@ -120,47 +124,85 @@ def _quant_attention_kernel(
     dot = functools.partial(pltriton.dot, precision=precision)
     num_words = words_ref.shape[0]
 
-    def levels(hi, lo):  # packed [block_k, H/2] uint8 -> two halves of float32 levels
-        u_a, u_b = (hi & 15).astype(jnp.float32), (hi >> 4).astype(jnp.float32)
-        if lo is None:
-            return u_a, u_b
-        l_a = ((lo & 15).astype(jnp.float32) - (LOWER_OFFSET - 0.5)) / 16
-        l_b = ((lo >> 4).astype(jnp.float32) - (LOWER_OFFSET - 0.5)) / 16
-        return u_a + l_a, u_b + l_b
+    dt, f32 = q_ref.dtype, jnp.float32
+    lower_shift = LOWER_OFFSET - 0.5  # a stored lower nibble n means (n - lower_shift) / 16
 
-    def softmax_step(carry, s, visible, v_a, v_b):
+    def softmax_step(carry, s, visible, values):
+        """One key block: s [block_m, block_k] scores (log2 units), values(p) -> the block's
+        p @ V as two halves [block_m, H/2] for weights p [block_m, block_k] (f32)."""
         acc_a, acc_b, m_prev, l_prev = carry
         s = jnp.where(visible, s, -jnp.inf)
         m_new = jnp.maximum(m_prev, s.max(axis=1))  # finite: m starts at EMPTY_LSE
         p = jnp.exp2(s - m_new[:, None])
         alpha = jnp.exp2(m_prev - m_new)
         l_new = alpha * l_prev + p.sum(axis=1)
-        p = p.astype(q_ref.dtype)
-        acc_a = acc_a * alpha[:, None] + dot(p, v_a.astype(q_ref.dtype))
-        acc_b = acc_b * alpha[:, None] + dot(p, v_b.astype(q_ref.dtype))
+        pv_a, pv_b = values(p)
+        acc_a = acc_a * alpha[:, None] + pv_a
+        acc_b = acc_b * alpha[:, None] + pv_b
         return acc_a, acc_b, m_new, l_new
 
     def reads_quantized(pos):  # [block_k] positions -> [block_m, block_k] bool (the rule)
         return ((pos // group + 1) * group + recent)[None, :] <= qpos[:, None]
 
+    # The planes are multiplied as matrices of their integer nibbles, never dequantised element
+    # by element: keys share a scale and minimum per channel over a block (its key group), so
+    # q . k = (q * scale) . levels + q . minimum; values share them per token, so
+    # p @ v = (p * scale) @ levels + p . minimum. Levels are u + (l - lower_shift) / 16 (u, l:
+    # the upper and lower nibbles; the INT4 view reads u only), and `_nibble_operands` adds an
+    # offset to each nibble that comes off through the operand's row sums (f32 accumulation).
+
+    def key_scores(x_a, x_b, rows):
+        """x_a, x_b [block_m, H/2] f32 (query halves times the key scales) -> x . levels
+        [block_m, block_k] f32 over the key block `rows`."""
+        x_a, x_b = x_a.astype(dt), x_b.astype(dt)
+        x_sum = x_a.astype(f32).sum(axis=1) + x_b.astype(f32).sum(axis=1)  # as the dots see x
+        u_a, u_b, offset = _nibble_operands(k_hi_ref[rows, :], dt)
+        s = dot(x_a, u_a, trans_b=True) + dot(x_b, u_b, trans_b=True)
+        correction = offset * x_sum
+        if not upper_only:  # x / 16 is exact (a power of two)
+            l_a, l_b, offset = _nibble_operands(k_lo_ref[rows, :], dt)
+            x16_a, x16_b = (x_a.astype(f32) / 16).astype(dt), (x_b.astype(f32) / 16).astype(dt)
+            s = s + dot(x16_a, l_a, trans_b=True) + dot(x16_b, l_b, trans_b=True)
+            correction = correction + (offset + lower_shift) * x_sum / 16
+        return s - correction[:, None]
+
+    def value_products(x, rows):
+        """x [block_m, block_k] f32 (weights times the value scales) -> x @ levels as two halves
+        [block_m, H/2] f32 over the value block `rows`."""
+        x = x.astype(dt)
+        x_sum = x.astype(f32).sum(axis=1)
+        u_a, u_b, offset = _nibble_operands(v_hi_ref[rows, :], dt)
+        out_a, out_b = dot(x, u_a), dot(x, u_b)
+        correction = offset * x_sum
+        if not upper_only:
+            l_a, l_b, offset = _nibble_operands(v_lo_ref[rows, :], dt)
+            x16 = (x.astype(f32) / 16).astype(dt)
+            out_a, out_b = out_a + dot(x16, l_a), out_b + dot(x16, l_b)
+            correction = correction + (offset + lower_shift) * x_sum / 16
+        return out_a - correction[:, None], out_b - correction[:, None]
+
     def quant_step(kb, carry):
         first = pl.multiple_of(kb * block_k, block_k)
         g = first // group
         rows = pl.ds(first, block_k)
-        k_a, k_b = levels(k_hi_ref[rows, :], None if upper_only else k_lo_ref[rows, :])
-        k_a = k_min_ref[g, pl.ds(0, half)][None, :] + k_scale_ref[g, pl.ds(0, half)][None, :] * k_a
-        k_b = (
-            k_min_ref[g, pl.ds(half, half)][None, :]
-            + k_scale_ref[g, pl.ds(half, half)][None, :] * k_b
-        )
-        dt = q_ref.dtype
-        s = dot(q_a, k_a.astype(dt), trans_b=True) + dot(q_b, k_b.astype(dt), trans_b=True)
-        v_a, v_b = levels(v_hi_ref[rows, :], None if upper_only else v_lo_ref[rows, :])
-        v_s = v_scale_ref[rows].astype(jnp.float32)[:, None]  # [block_k, 1]
-        v_m = v_min_ref[rows].astype(jnp.float32)[:, None]
+        channel = lambda ref, lo: ref[g, pl.ds(lo, half)].astype(f32)[None, :]  # [1, H/2]
+        q_a32, q_b32 = q_a.astype(f32), q_b.astype(f32)
+        s = key_scores(q_a32 * channel(k_scale_ref, 0), q_b32 * channel(k_scale_ref, half), rows)
+        q_min = (q_a32 * channel(k_min_ref, 0)).sum(axis=1) + (
+            q_b32 * channel(k_min_ref, half)
+        ).sum(axis=1)  # [block_m]
+        s = s + q_min[:, None]
+        v_s = v_scale_ref[rows].astype(f32)[None, :]  # [1, block_k]
+        v_m = v_min_ref[rows].astype(f32)[None, :]
+
+        def values(p):
+            pv_a, pv_b = value_products(p * v_s, rows)
+            p_min = (p * v_m).sum(axis=1)[:, None]  # [block_m, 1]
+            return pv_a + p_min, pv_b + p_min
+
         pos = first + jnp.arange(block_k, dtype=jnp.int32)
         visible = (pos < length)[None, :] & reads_quantized(pos)
-        return softmax_step(carry, s * scale_log2, visible, v_m + v_s * v_a, v_m + v_s * v_b)
+        return softmax_step(carry, s * scale_log2, visible, values)
 
     def buffer_step(kb, carry):
         first = pl.multiple_of(kb * block_k, block_k)
@@ -174,7 +216,8 @@ def _quant_attention_kernel(
         words = [jnp.broadcast_to(words_ref[w, :][:, None], s.shape) for w in range(num_words)]
         visible = prefix | tc.region_bits(words, rel, width)
         v_a, v_b = v_buf_ref[rows, pl.ds(0, half)], v_buf_ref[rows, pl.ds(half, half)]
-        return softmax_step(carry, s * scale_log2, visible, v_a, v_b)
+        values = lambda p: (dot(p.astype(dt), v_a), dot(p.astype(dt), v_b))
+        return softmax_step(carry, s * scale_log2, visible, values)
 
     carry = (
         jnp.zeros((block_m, half), jnp.float32),
@@ -198,6 +241,24 @@ def _quant_attention_kernel(
         lse_refs[0][...] = jnp.where(
             empty, tc.EMPTY_LSE, m_i + jnp.log2(jnp.where(empty, 1.0, l_i))
         )
+
+
+# Nibbles n in [0, 16) as exact matrix operands without an int-to-float conversion: their bits
+# OR'd into the mantissa of a power of two (bf16 128 + n: 0x4300 | n; f16 1024 + n), the offset
+# taken off the product afterwards; float32 converts (interpret mode, tests).
+_NIBBLE_MAGIC = {jnp.dtype(jnp.bfloat16): (0x4300, 128.0), jnp.dtype(jnp.float16): (0x6400, 1024.0)}
+
+
+def _nibble_operands(packed: jax.Array, dtype) -> tuple[jax.Array, jax.Array, float]:
+    """packed [n, H/2] uint8 -> (low nibbles + offset, high nibbles + offset) in `dtype`, and the
+    offset (0 for float32)."""
+    low, high = packed & 15, packed >> 4
+    magic = _NIBBLE_MAGIC.get(jnp.dtype(dtype))
+    if magic is None:
+        return low.astype(dtype), high.astype(dtype), 0.0
+    bits, offset = magic
+    as_float = lambda n: lax.bitcast_convert_type(n.astype(jnp.uint16) | bits, dtype)
+    return as_float(low), as_float(high), offset
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "block_sizes", "interpret"))

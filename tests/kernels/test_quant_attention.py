@@ -187,3 +187,25 @@ def test_tpu_kernel_lowers_for_tpu(dims):
             *_view_structs(*dims)
         )
     assert "tpu_custom_call" in exported.mlir_module()
+
+
+@pytest.mark.parametrize(
+    "dims",
+    [
+        (2, 1, 32, 8, 128, 1024, False),
+        (2, 16, 32, 8, 128, 1024, True),
+        (1, 16, 12, 4, 64, 2048, False),
+    ],
+    ids=["decode_llama8b_int8", "T16_llama8b_int4", "T16_small_int8"],
+)
+def test_triton_kernel_lowers_for_cuda(dims):
+    """Every primitive of the bf16 kernel (the nibble bitcasts included) has a Triton lowering:
+    interpret mode, which the tests above run, does not lower to Triton."""
+    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="cuda")
+    mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
+    unchecked = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    with jax.sharding.use_abstract_mesh(mesh):
+        exported = jax.export.export(
+            jax.jit(triton.quant_attention_triton), platforms=["cuda"], disabled_checks=unchecked
+        )(*_view_structs(*dims))
+    assert "__gpu$xla.gpu.triton" in exported.mlir_module()
