@@ -398,7 +398,26 @@ def device_step(ctx, model, prompts, max_new, **kwargs) -> dict:
     }
     if "kernels" in full and "kernels" in half:
         out["kernels_per_step"] = (full["kernels"] - half["kernels"]) / steps
+    if "breakdown" in full and "breakdown" in half:
+        out["kernels_by_name"] = kernels_per_step(full["breakdown"], half["breakdown"], steps)
     return out
+
+
+def kernels_per_step(full: list, half: list, steps: int, top: int = 30) -> list[dict]:
+    """Per decode step, by kernel name: launches and device microseconds (the difference of two
+    loop lengths' (name, ms) lists), the `top` names by time: where the step's time goes."""
+    totals: dict[str, list[float]] = {}
+    for sign, breakdown in ((1, full), (-1, half)):
+        for name, ms in breakdown:
+            entry = totals.setdefault(name, [0.0, 0.0])
+            entry[0] += sign
+            entry[1] += sign * ms
+    rows = [
+        {"name": name, "per_step": n / steps, "us_per_step": 1e3 * ms / steps}
+        for name, (n, ms) in totals.items()
+        if n > 0
+    ]
+    return sorted(rows, key=lambda r: -r["us_per_step"])[:top]
 
 
 # ---------------------------------------------------------------------------------- sections
