@@ -11,7 +11,8 @@ hands the head its features and its distribution; nothing is written to disk. Lo
 (train.eagle_steps): EAGLE-1/2 (`--version 1`) smooth-L1 feature regression + 0.1 x soft CE
 against the target's distribution through the target's LM head, with uniform noise on the input
 features; EAGLE-3 training-time test over `--ttt-steps` steps weighted 0.8^k, soft CE on the draft
-vocabulary (the `--draft-vocab` ids most often predicted in the training split's assistant turns),
+vocabulary (the ids most often predicted in the training split's assistant turns: `--draft-vocab`
+of them, else the fewest that cover `--draft-vocab-coverage` of those tokens, at most 32000),
 positions whose target argmax is outside it masked. Both score assistant tokens only
 (train.eagle_data.assistant_mask).
 
@@ -50,7 +51,13 @@ from specdec import sharding
 from specdec.models import Model, Net
 from train.configs import _digest
 from train.data import read_conversations
-from train.eagle_data import assistant_mask, chat_ids, draft_vocabulary, regenerate_documents
+from train.eagle_data import (
+    assistant_mask,
+    chat_ids,
+    draft_vocabulary,
+    draft_vocabulary_size,
+    regenerate_documents,
+)
 from train.eagle_steps import LossSpec, eagle_terms, run_target
 from train.files import make_readable
 from train.packing import tokenize_conversations
@@ -69,7 +76,9 @@ class EagleConfig:
 
     version: int = 3  # 1: EAGLE-1/2; 3: EAGLE-3
     num_layers: int = 1  # decoder layers in the head (the public EAGLE-3 layout has one)
-    draft_vocab: int | None = None  # EAGLE-3 draft vocabulary (None: min(32000, V // 4))
+    draft_vocab: int | None = None  # EAGLE-3 draft vocabulary (None: by draft_vocab_coverage)
+    draft_vocab_coverage: float = 0.98  # None above: the fewest ids covering this share of the
+    #                                     training data's assistant tokens, at most 32000
     ttt_steps: int = 7  # EAGLE-3 training-time test steps K
     target_layers: tuple[int, ...] | None = None  # EAGLE-3 taps (None: default_target_layers)
     batch_size: int = 8  # B: rows per step, over all devices
@@ -140,7 +149,9 @@ def build_data(
     if cfg.version == 1:
         draft_ids = np.arange(vocab_size, dtype=np.int32)
     else:
-        size = cfg.draft_vocab or min(DEFAULT_DRAFT_VOCAB, max(1, vocab_size // 4))
+        size = cfg.draft_vocab or draft_vocabulary_size(
+            train, train_mask, vocab_size, cfg.draft_vocab_coverage, DEFAULT_DRAFT_VOCAB
+        )
         draft_ids = draft_vocabulary(train, train_mask, vocab_size, size)
     return EagleData(train, train_mask, heldout, heldout_mask, draft_ids, ids is not None)
 
@@ -607,7 +618,18 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--num-layers", type=int, default=d.num_layers, help="head decoder layers")
-    p.add_argument("--draft-vocab", type=int, help="EAGLE-3 draft vocabulary (min(32000, V/4))")
+    p.add_argument(
+        "--draft-vocab",
+        type=int,
+        help="EAGLE-3 draft vocabulary size (default: by --draft-vocab-coverage)",
+    )
+    p.add_argument(
+        "--draft-vocab-coverage",
+        type=float,
+        default=0.98,
+        help="without --draft-vocab: the fewest ids covering this share of the training "
+        "assistant tokens, at most 32000 (0.98)",
+    )
     p.add_argument("--ttt-steps", type=int, default=d.ttt_steps, help="EAGLE-3 unrolled steps")
     p.add_argument("--target-layers", help="EAGLE-3 taps, comma-separated (1, L/2-1, L-4)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -648,6 +670,7 @@ def config_from_args(args: argparse.Namespace) -> EagleConfig:
         version=args.version,
         num_layers=args.num_layers,
         draft_vocab=args.draft_vocab,
+        draft_vocab_coverage=args.draft_vocab_coverage,
         ttt_steps=args.ttt_steps,
         target_layers=taps,
         batch_size=args.batch_size,

@@ -27,6 +27,7 @@ from train.eagle_data import (
     batch_slices,
     chat_ids,
     draft_vocabulary,
+    draft_vocabulary_size,
     regenerate_documents,
 )
 from train.eagle_steps import fuse, run_target, ttt_attention, ttt_mask, ttt_unroll
@@ -149,6 +150,19 @@ def test_draft_vocabulary_counts_predicted_assistant_tokens():
     assert 40 in draft_vocabulary(stream, np.ones_like(mask), 64, 2)
     with pytest.raises(ValueError, match="size=65"):
         draft_vocabulary(stream, mask, 64, 65)
+
+
+def test_draft_vocabulary_size_is_the_fewest_ids_reaching_the_coverage():
+    # Predicted tokens (all positions count): 5 x5, 3 x3, 9 x1, 4 x1 = 10 tokens.
+    stream = np.array([0, 5, 5, 5, 5, 5, 3, 3, 3, 9, 4])
+    mask = np.ones_like(stream)
+    size = lambda coverage, cap=64: draft_vocabulary_size(stream, mask, 64, coverage, cap)
+    assert [size(0.5), size(0.8), size(0.81), size(0.9), size(1.0)] == [1, 2, 3, 3, 4]
+    assert size(1.0, cap=2) == 2  # the cap wins
+    top = draft_vocabulary(stream, mask, 64, size(0.8))  # the same ranking: 5 and 3
+    np.testing.assert_array_equal(top, [3, 5])
+    with pytest.raises(ValueError, match="coverage=0"):
+        size(0.0)
 
 
 def test_regenerate_replaces_assistant_turns_by_greedy_responses(tiny):
