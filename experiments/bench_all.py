@@ -17,7 +17,8 @@ speculation in the same call; the ceilings always run first unless --bandwidth g
                block_until_ready and CUPTI device time), and the bf16 matmul peak. The best
                bandwidth is the ceiling every roofline below uses.
   small_step   the `small` target (random weights, bf16) plain step at batch 1: wall ms/step and
-               device ms/step (CUPTI kernel time), kernels per step. Target <= 0.3 ms.
+               device ms/step (CUPTI kernel time), kernels per step and the 30 costliest by
+               name; the same with XLA attention. Target <= 0.3 ms.
   speculation  DraftModel + Chain(4) at batch 1 and 8 on a synthetic aligned pair (below):
                efficiency = tokens/s / (tau x plain tokens/s). Target >= 0.8. Then a 12-node
                static tree, and an A/B of the verify walk at batch 1 (plain, Chain(4), the
