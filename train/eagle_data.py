@@ -13,12 +13,12 @@ deterministic, so the cached result is reproducible, and it is what T = 0 accept
 against. A response ends at the first chat token the target emits (`<|end|>`, or a role or
 `<|bos|>` token, which would forge a turn); one cut at `max_new_tokens` still gets its `<|end|>`.
 A conversation whose prompt no longer fits the target's context is cut before that turn. Batches
-hold at most `batch_size` prompts and `batch_tokens` tokens (prompts padded to the longest plus
-the reply cap): a prefill's activations grow with both, its attention scores with B x L^2 when
-the target computes attention in XLA.
+hold at most `batch_size` prompts and `batch_tokens` tokens (prompts padded to their length
+bucket plus the reply cap): a prefill's activations grow with both, its attention scores with
+B x L^2 when the target computes attention in XLA; one batch size per length bucket
+(`regeneration_batches`) compiles one decode loop per bucket.
 """
 
-import itertools
 import os
 from collections.abc import Sequence
 
@@ -111,25 +111,27 @@ def _render(turns: Sequence[tuple[int, np.ndarray]], ids: dict[str, int]) -> lis
     return out
 
 
-def batch_slices(
+def regeneration_batches(
     lengths: Sequence[int], batch_size: int, batch_tokens: int, extra: int = 0
-) -> list[slice]:
-    """Consecutive slices of `lengths` (sorted ascending), each of at most `batch_size` items
-    whose padded size (items x (longest + extra)) is at most `batch_tokens`; an item longer than
-    that alone gets a slice of its own."""
+) -> list[tuple[list[int], int]]:
+    """(indices, batch) pairs covering every prompt once: prompts grouped by `generate`'s
+    prompt-length bucket (a power of two), each group in batches of one size per bucket (the
+    largest power of two with at most `batch_size` prompts and batch x (bucket + extra) <=
+    `batch_tokens`, at least 1); a group's last batch has fewer indices than `batch` and is
+    padded to it by the caller. One batch size per bucket keeps compiles to one per bucket."""
     if batch_size < 1 or batch_tokens < 1:
         raise ValueError(f"{batch_size=} and {batch_tokens=} must be >= 1")
-    if any(a > b for a, b in itertools.pairwise(lengths)):
-        raise ValueError("lengths must be sorted ascending")
-    slices, start = [], 0
+    from specdec.engine.generate import bucket
+
+    groups: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
-        count = i - start + 1
-        if i > start and (count > batch_size or count * (n + extra) > batch_tokens):
-            slices.append(slice(start, i))
-            start = i
-    if start < len(lengths):
-        slices.append(slice(start, len(lengths)))
-    return slices
+        groups.setdefault(bucket(n), []).append(i)
+    out = []
+    for b, members in sorted(groups.items()):
+        fit = max(1, min(batch_size, batch_tokens // (b + extra)))
+        per = 1 << (fit.bit_length() - 1)  # a power of two <= fit
+        out += [(members[i : i + per], per) for i in range(0, len(members), per)]
+    return out
 
 
 def regenerate_documents(
@@ -169,15 +171,17 @@ def regenerate_documents(
             break
         jobs.sort(key=lambda job: len(job[2]))  # similar lengths share a batch: less padding
         lengths = [len(prompt) for _, _, prompt in jobs]
-        for part in batch_slices(lengths, batch_size, batch_tokens, extra=max_new_tokens):
-            chunk = jobs[part]
+        for indices, size in regeneration_batches(
+            lengths, batch_size, batch_tokens, extra=max_new_tokens
+        ):
+            chunk = [jobs[i] for i in indices]
+            prompts = [prompt for _, _, prompt in chunk]
+            prompts += [prompts[-1]] * (size - len(prompts))  # padding rows, replies dropped
             out = specdec.generate(
-                target,
-                [prompt for _, _, prompt in chunk],
-                max_new_tokens=max_new_tokens,
-                eos_token_id=stops,
+                target, prompts, max_new_tokens=max_new_tokens, eos_token_id=stops
             )
-            for (c, j, _), reply in zip(chunk, out.sequences(), strict=True):
+            replies = out.sequences()[: len(chunk)]
+            for (c, j, _), reply in zip(chunk, replies, strict=True):
                 reply = reply[:-1] if reply and reply[-1] in stops else reply
                 convs[c][j] = (ids["assistant"], np.asarray(reply, np.int32))
             bar.update(len(chunk))

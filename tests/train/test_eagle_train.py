@@ -24,11 +24,11 @@ from train.eagle_data import (
     _render,
     _turns,
     assistant_mask,
-    batch_slices,
     chat_ids,
     draft_vocabulary,
     draft_vocabulary_size,
     regenerate_documents,
+    regeneration_batches,
 )
 from train.eagle_steps import fuse, run_target, ttt_attention, ttt_mask, ttt_unroll
 from train.reference import reference_pair
@@ -192,20 +192,18 @@ def test_regenerate_replaces_assistant_turns_by_greedy_responses(tiny):
         np.testing.assert_array_equal(a, b)
 
 
-def test_batch_slices_bound_prompts_and_padded_tokens():
-    lengths = [10, 10, 20, 30, 30, 100, 500]
-    slices = batch_slices(lengths, batch_size=3, batch_tokens=100, extra=10)
-    assert slices == [slice(0, 3), slice(3, 5), slice(5, 6), slice(6, 7)]
-    for part in slices:  # within both bounds, unless one item alone exceeds them
-        group = lengths[part]
-        assert len(group) <= 3
-        assert len(group) == 1 or len(group) * (max(group) + 10) <= 100
-    assert batch_slices(lengths, 64, 10**9) == [slice(0, 7)]
-    assert batch_slices([], 4, 100) == []
-    with pytest.raises(ValueError, match="sorted"):
-        batch_slices([3, 2], 4, 100)
+def test_regeneration_batches_one_size_per_length_bucket_within_the_bounds():
+    lengths = [10, 12, 20, 30, 30, 31, 100, 500, 17]  # buckets 16 16 32 32 32 32 128 512 32
+    batches = regeneration_batches(lengths, batch_size=3, batch_tokens=100, extra=10)
+    assert batches == [([0, 1], 2), ([2, 3], 2), ([4, 5], 2), ([8], 2), ([6], 1), ([7], 1)]
+    covered = sorted(i for indices, _ in batches for i in indices)
+    assert covered == list(range(len(lengths)))  # every prompt once
+    for indices, size in batches:
+        assert len(indices) <= size <= 3 and size & (size - 1) == 0
+    assert regeneration_batches([5] * 7, 64, 10**9) == [(list(range(7)), 64)]
+    assert regeneration_batches([], 4, 100) == []
     with pytest.raises(ValueError, match="batch_tokens=0"):
-        batch_slices([1], 4, 0)
+        regeneration_batches([1], 4, 0)
 
 
 @pytest.mark.parametrize("version", [1, 3])
