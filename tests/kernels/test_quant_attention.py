@@ -170,7 +170,8 @@ def _view_structs(batch, block, heads, kv_heads, head_dim, slots, upper_only):
     return q, view, sd((batch,), jnp.int32), sd((batch, block, block), jnp.bool_)
 
 
-@pytest.mark.parametrize(
+# (batch, block, heads, kv heads, head dim, slots, INT4 view) of the lowering tests.
+LOWERING_DIMS = pytest.mark.parametrize(
     "dims",
     [
         (2, 1, 32, 8, 128, 1024, False),
@@ -179,6 +180,9 @@ def _view_structs(batch, block, heads, kv_heads, head_dim, slots, upper_only):
     ],
     ids=["decode_llama8b_int8", "T16_llama8b_int4", "T16_small_int8"],
 )
+
+
+@LOWERING_DIMS
 def test_tpu_kernel_lowers_for_tpu(dims):
     device = jax.sharding.AbstractDevice(device_kind="TPU v5 lite", num_cores=1, platform="tpu")
     mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
@@ -189,15 +193,7 @@ def test_tpu_kernel_lowers_for_tpu(dims):
     assert "tpu_custom_call" in exported.mlir_module()
 
 
-@pytest.mark.parametrize(
-    "dims",
-    [
-        (2, 1, 32, 8, 128, 1024, False),
-        (2, 16, 32, 8, 128, 1024, True),
-        (1, 16, 12, 4, 64, 2048, False),
-    ],
-    ids=["decode_llama8b_int8", "T16_llama8b_int4", "T16_small_int8"],
-)
+@LOWERING_DIMS
 def test_triton_kernel_lowers_for_cuda(dims):
     """Every primitive of the bf16 kernel (the nibble bitcasts included) has a Triton lowering:
     interpret mode, which the tests above run, does not lower to Triton."""
