@@ -176,11 +176,6 @@ def _take(padded: jax.Array, k, length: int) -> jax.Array:
     return jax.lax.dynamic_slice_in_dim(padded, k + 1, length, axis=1)
 
 
-def _shift(x: jax.Array, k, length: int) -> jax.Array:
-    """x [B, L+1, ...] -> x[:, k+1 : k+1+L] zero-padded past the row's end: [B, L, ...]."""
-    return _take(_pad_steps(x, length), k, length)
-
-
 def ttt_scan(
     head: EagleHead,
     target: Transformer,
