@@ -626,9 +626,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--draft-vocab-coverage",
         type=float,
-        default=0.98,
+        default=d.draft_vocab_coverage,
         help="without --draft-vocab: the fewest ids covering this share of the training "
-        "assistant tokens, at most 32000 (0.98)",
+        f"assistant tokens, at most {DEFAULT_DRAFT_VOCAB} ({d.draft_vocab_coverage})",
     )
     p.add_argument("--ttt-steps", type=int, default=d.ttt_steps, help="EAGLE-3 unrolled steps")
     p.add_argument("--target-layers", help="EAGLE-3 taps, comma-separated (1, L/2-1, L-4)")
