@@ -34,6 +34,7 @@ import jax
 
 import specdec
 from drafters import DraftModel
+from experiments.ceilings import H200_BF16_FLOPS, H200_BYTES_PER_S
 from trees import Chain, Dynamic, Sequoia, SpecExec, Static, StochasticBeam, measure_acceptance
 from trees.measure import measure_verify_seconds
 
@@ -147,8 +148,8 @@ def compare_policies(
     max_new: int = 64,
     widths=WIDTHS,
     deadline: float = float("inf"),
-    ceiling_bytes_s: float = 4.24e12,
-    peak_flops: float = 790e12,
+    ceiling_bytes_s: float = H200_BYTES_PER_S,
+    peak_flops: float = H200_BF16_FLOPS,
     on_rows=lambda rows, table: None,
     rows=None,
     compile_workers: int = 1,

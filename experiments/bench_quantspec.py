@@ -39,6 +39,7 @@ import numpy as np
 
 import specdec
 from drafters import QuantSpec
+from experiments.ceilings import H200_BYTES_PER_S
 from kernels_pallas import tree_attention
 from kernels_pallas.quant_attention import quant_attention
 from kernels_pallas.quant_reference import QuantLayerView
@@ -48,9 +49,6 @@ from trees import Chain
 
 DRAFT = Chain(5)  # QuantSpec's draft length
 PHASES = ("kernels", "decode", "quality")
-# The best HBM bandwidth measured on the H200 with device-side timing (a bf16 GEMV timed by
-# CUPTI, experiments/results/bench_all_h200_run2 and run4: 4.64 TB/s); the rooflines use it.
-H200_PEAK_BYTES_PER_S = 4.64e12
 
 
 class Report:
@@ -334,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--deadline-s", type=float, help="wall-clock end of the whole script")
     p.add_argument("--train-budget-s", type=float)
     p.add_argument("--context", type=int, help="training context (>= 4096 on GPU)")
-    p.add_argument("--peak-bw", type=float, default=H200_PEAK_BYTES_PER_S)
+    p.add_argument("--peak-bw", type=float, default=H200_BYTES_PER_S)
     p.add_argument(
         "--phases",
         nargs="+",
