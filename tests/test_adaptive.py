@@ -13,6 +13,7 @@ import specdec
 from drafters import DraftModel, Eagle, EarlyExit
 from specdec.contract import Drafter
 from trees import Adaptive
+from trees.adaptive import sample_beta
 
 PROMPTS = [[5, 17, 3, 99, 42, 8, 1], [64, 2, 2], [7, 8, 9, 7, 8, 9, 7, 8]]
 
@@ -144,3 +145,23 @@ def test_thompson_takes_the_drafters_cost_estimate_unless_given(llama, tiny_draf
     plain = specdec.generate(llama, ids, max_new_tokens=12)
     out = specdec.generate(llama, ids, max_new_tokens=12, drafter=EarlyExit(1), policy=Adaptive(4))
     assert out.sequences() == plain.sequences()
+
+
+@pytest.mark.parametrize("a,b", [(1.0, 1.0), (2.0, 5.0), (30.0, 4.0), (0.5, 0.5), (200.0, 3.0)])
+def test_thompson_beta_draws_follow_the_beta_law(a, b):
+    """The loop-free sampler against scipy's Beta CDF (Kolmogorov-Smirnov, 40k draws); the same
+    test rejects a neighbouring law, so it has the power to fail."""
+    stats = pytest.importorskip("scipy.stats")
+    shape = lambda v: jnp.full((40_000,), v, jnp.float32)
+    x = np.asarray(jax.jit(sample_beta)(jax.random.key(1), shape(a), shape(b)))
+    assert stats.kstest(x, stats.beta(a, b).cdf).pvalue > 1e-3
+    assert stats.kstest(x, stats.beta(a * 1.25, b).cdf).pvalue < 1e-6
+
+
+def test_thompson_draw_has_no_rejection_loop():
+    """jax.random.beta rejects in a while_loop (a host round trip per iteration on a GPU, every
+    decode step); the length draw must not."""
+    posterior = Adaptive(6).init_state(3)
+    jaxpr = str(jax.make_jaxpr(Adaptive(6).lengths)(posterior, jax.random.key(0)))
+    assert "random_gamma" not in jaxpr and "while" not in jaxpr
+    assert "random_gamma" in str(jax.make_jaxpr(jax.random.beta)(jax.random.key(0), 1.0, 1.0))

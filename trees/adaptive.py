@@ -41,6 +41,38 @@ class LengthPosterior:
     failures: jax.Array  # [B] float32: b of Beta(a, b)
 
 
+def sample_gamma(key: jax.Array, shape: jax.Array, attempts: int = 8) -> jax.Array:
+    """Gamma(shape, 1) draws [B] for shape [B] > 0 without a loop: Marsaglia and Tsang's method
+    with `attempts` proposals drawn at once, the first accepted kept (each is accepted with
+    probability >= 0.95 for shape >= 1, so all fail with probability < 0.05 ** attempts; then
+    the mode-like d is returned); shape < 1 via Gamma(shape + 1) * U ** (1 / shape).
+
+    `jax.random.gamma` rejects in a `while_loop`, which on a GPU reads its predicate back to the
+    host every iteration: Thompson's draw sits in every decode step."""
+    boost = shape < 1.0
+    alpha = jnp.where(boost, shape + 1.0, shape)
+    d = alpha - 1.0 / 3.0
+    c = 1.0 / jnp.sqrt(9.0 * d)
+    k_norm, k_unif, k_boost = jax.random.split(key, 3)
+    x = jax.random.normal(k_norm, (attempts, *shape.shape))  # [A, B]
+    u = jax.random.uniform(k_unif, (attempts, *shape.shape), minval=1e-12)
+    v = (1.0 + c * x) ** 3
+    log_v = jnp.log(jnp.maximum(v, 1e-30))
+    accepted = (v > 0) & (jnp.log(u) < 0.5 * x * x + d - d * v + d * log_v)  # [A, B]
+    first = jnp.argmax(accepted, axis=0)  # [B] the first accepted proposal (0 if none)
+    draw = jnp.take_along_axis(d * v, first[None], axis=0)[0]
+    draw = jnp.where(jnp.any(accepted, axis=0), draw, d)
+    u_boost = jax.random.uniform(k_boost, shape.shape, minval=1e-12)
+    return jnp.where(boost, draw * u_boost ** (1.0 / shape), draw)
+
+
+def sample_beta(key: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """Beta(a, b) draws [B] as X / (X + Y), X ~ Gamma(a), Y ~ Gamma(b), loop-free."""
+    key_a, key_b = jax.random.split(key)
+    x, y = sample_gamma(key_a, a), sample_gamma(key_b, b)
+    return x / jnp.maximum(x + y, 1e-30)
+
+
 @dataclasses.dataclass(frozen=True)
 class Adaptive(Policy):
     """A chain of 1..depth drafts per row and step (see the module docstring for the methods)."""
@@ -97,7 +129,7 @@ class Adaptive(Policy):
 
     def lengths(self, policy_state: LengthPosterior, key: jax.Array) -> jax.Array:
         """int32 [B]: the Thompson draw of each row's draft length in [1, depth]."""
-        rate = jax.random.beta(key, policy_state.successes, policy_state.failures)  # [B]
+        rate = sample_beta(key, policy_state.successes, policy_state.failures)  # [B]
         rate = jnp.clip(rate, 0.0, 1.0 - 1e-6)
         k = jnp.arange(1, self.depth + 1, dtype=jnp.float32)  # [K]
         expected = (1.0 - rate[:, None] ** (k + 1)) / (1.0 - rate[:, None])  # [B, K] tokens
