@@ -152,11 +152,12 @@ def quality(model: specdec.Model, windows: np.ndarray, prompt: int, mode: QuantK
 # ---- 4. decoding ----
 
 
-def decode_rows(model, prompts, max_new, mode, eos, on_row, deadline) -> None:
-    """plain bf16 / plain INT8 / QuantSpec INT8 rows for one batch of prompts."""
+def decode_rows(model, prompts, max_new, mode, on_row, deadline) -> None:
+    """plain bf16 / plain INT8 / QuantSpec INT8 rows for one batch of prompts, EOS off: every
+    sequence emits max_new tokens, so rows time the same work."""
 
     def run(**kw):
-        kw = dict(max_new_tokens=max_new, eos_token_id=eos, **kw)
+        kw = dict(max_new_tokens=max_new, **kw)
         first = specdec.generate(model, prompts, **kw)  # compiles
         out = specdec.generate(model, prompts, **kw)
         return out, first.stats.compile_seconds
@@ -397,9 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     report.data["phases"]["data"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
-    # 240 s on the GPU, less if the kernels ran long: after it, decoding needs ~200 s (two
-    # batches of three compiled loops at 2k-4k tokens; the H200's first run spent 67 s on batch
-    # 1's first two) and quality ~125 s.
+    # 240 s on the GPU, less if the kernels ran long: after it, decoding needs ~200 s (batches 8
+    # and 1, three compiled loops each at 2k-4k tokens; the H200's first run spent 67 s on batch
+    # 1's first two; batch 32 only with time left) and quality ~125 s.
     after = (200.0 if "decode" in args.phases else 0.0) + (
         125.0 if "quality" in args.phases else 0.0
     )
@@ -457,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
             prompts = [heldout[s : s + n].tolist() for s, n in zip(starts, lens, strict=True)]
             on_row = lambda r: report.add("decode", r)
             try:
-                decode_rows(models[0], prompts, max_new, mode, None, on_row, deadline - 60)
+                decode_rows(models[0], prompts, max_new, mode, on_row, deadline - 60)
             except Exception as err:  # e.g. a kernel that does not compile: note it, use XLA
                 note = f"batch {batch} with attention={models[0].attention!r}: {err!r}"[:2000]
                 report.data.setdefault("errors", {})[f"decode B{batch}"] = note
@@ -465,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
                 if models[0].attention == "xla":
                     raise
                 models[0] = specdec.load(target_dir, dtype=dtype, attention="xla")
-                decode_rows(models[0], prompts, max_new, mode, None, on_row, deadline - 60)
+                decode_rows(models[0], prompts, max_new, mode, on_row, deadline - 60)
 
     if "decode" in args.phases:
         run_phase(report, "decode", decode_phase)
