@@ -6,12 +6,15 @@ hierarchical INT4/INT8 cache (quality, bytes, decoding speed, self-speculation) 
     # the same code path with a micro model on a CPU (a couple of minutes): run this first
     PYTHONPATH=. .venv/bin/python experiments/bench_quantspec.py --smoke --out /tmp/qs_smoke
 
-Phases (--phases, default all three), against one deadline (--deadline-s, default 560 s),
+Phases (--phases, default all four), against one deadline (--deadline-s, default 560 s),
 results rewritten to $OUT/quantspec.json and $OUT/quantspec.md after every row:
   kernels  first (no trained model needed): Llama-3-8B heads (32 query / 8 KV heads, H 128),
            S in {8k, 32k, 64k}, B in {1, 8}, T in {1, 16}: time, bytes read and roofline of the
            quantised kernel (INT8 and INT4 views) against the bf16 tree-attention kernel at the
-           same shape
+           same shape; device time from CUPTI (bench_tree_attention.Timer), inputs rotated so each
+           call reads HBM, not L2
+  tuning   the Triton kernel's tilings (key block, splits, warps, stages) at S = 32k, B in {1, 8},
+           T = 1: INT8 over the grid, INT4 with the INT8 winner, each against the default tiling
   (decode or quality asks for a trained target: tokenizer + ShareGPT token streams, multi-turn
   conversations concatenated and packed into windows of --context tokens, >= 4096 on GPU; the
   `small` target trained at that context for what the deadline leaves, bf16 export)
@@ -39,6 +42,7 @@ import numpy as np
 
 import specdec
 from drafters import QuantSpec
+from experiments.bench_tree_attention import Timer
 from experiments.ceilings import H200_BYTES_PER_S
 from kernels_pallas import tree_attention
 from kernels_pallas.quant_attention import quant_attention
@@ -48,7 +52,7 @@ from specdec.quant_cache import QuantKV, cache_bytes_per_token, make_cache
 from trees import Chain
 
 DRAFT = Chain(5)  # QuantSpec's draft length
-PHASES = ("kernels", "decode", "quality")
+PHASES = ("kernels", "tuning", "decode", "quality")
 
 
 class Report:
@@ -78,6 +82,7 @@ class Report:
             "quality": ("Quantised cache vs bf16 cache (held-out, teacher-forced)", None),
             "decode": ("Decoding (greedy)", None),
             "kernels": ("Kernels (Llama-3-8B heads)", None),
+            "tuning": ("Triton quantised-kernel tilings (Llama-3-8B heads)", None),
         }
         for key, (title, _) in tables.items():
             rows = d.get(key)
@@ -225,60 +230,153 @@ def random_view(key, batch, slots, kv_heads, head_dim, mode: QuantKV, upper_only
     )
 
 
-def time_call(fn, *args, reps: int) -> float:
-    """Median seconds of a jitted call (host-timed after a warm-up)."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+L2_BYTES = 60 * 2**20  # H200 (50 MiB on an H100): inputs rotate so a pass overflows it 3 times
 
 
-def kernel_rows(shapes, heads, impl: str, peak: float, reps: int, on_row, deadline) -> None:
+def rotated(make, set_bytes: int, max_sets: int = 16) -> list:
+    """Input sets for timing: as many as a pass needs to overflow L2 three times (at least 1),
+    so the timed kernel reads HBM and not the cache the previous call filled."""
+    count = int(min(max_sets, max(1, -(-3 * L2_BYTES // max(set_bytes, 1)))))
+    return [make(i) for i in range(count)]
+
+
+def kernel_rows(shapes, heads, impl: str, peak: float, on_row, deadline, timer) -> None:
     """Quantised kernel (INT8, INT4 views) vs the bf16 tree-attention kernel at each shape."""
     for slots, batch, block in shapes:
         if time.perf_counter() > deadline:
             return
         try:
-            on_row(kernel_row(slots, batch, block, heads, impl, peak, reps))
+            on_row(kernel_row(slots, batch, block, heads, impl, peak, timer))
         except Exception as err:  # one shape failing (memory, lowering) must not stop the rest
             on_row({"S": slots, "B": batch, "T": block, "error": f"{err!r}"[:300]})
 
 
-def kernel_row(slots, batch, block, heads, impl: str, peak: float, reps: int) -> dict:
-    """One shape: times, bytes read and roofline fractions (bytes / time / peak)."""
-    num_heads, kv_heads, head_dim = heads
-    mode = QuantKV()
+def _inputs(slots, batch, block, heads):
+    num_heads, _, head_dim = heads
     key = jax.random.key(slots + batch + block)
     q = jax.random.normal(key, (batch, block, num_heads, head_dim), jnp.bfloat16)
     region = jnp.broadcast_to(jnp.tril(jnp.ones((block, block), bool)), (batch, block, block))
-    k = jax.random.normal(key, (batch, slots, kv_heads, head_dim), jnp.bfloat16)
-    lengths = jnp.full((batch,), slots - block, jnp.int32)
+    return key, q, region
+
+
+def view_bytes(view: QuantLayerView) -> int:
+    """Bytes the kernel must read: the planes, their scales and minima, the buffer."""
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(view) if x.ndim == 4)
+
+
+def kernel_row(slots, batch, block, heads, impl: str, peak: float, timer) -> dict:
+    """One shape: device times (CUPTI where available), bytes read, roofline fractions
+    (bytes / time / peak bandwidth) and the speed against the bf16 kernel."""
+    _, kv_heads, head_dim = heads
+    mode = QuantKV()
+    key, q, region = _inputs(slots, batch, block, heads)
+    shape = (batch, slots, kv_heads, head_dim)
+    bytes_bf16 = 2 * batch * slots * kv_heads * head_dim * 2  # K and V, 2 bytes each
+
+    def dense(i):
+        k = jax.random.normal(jax.random.fold_in(key, i), shape, jnp.bfloat16)
+        return (q, k, k, jnp.full((batch,), slots - block, jnp.int32), region)
+
     bf16 = jax.jit(lambda q, k, v, n, r: tree_attention(q, k, v, n, r, implementation=impl))
-    t_bf16 = time_call(bf16, q, k, k, lengths, region, reps=reps)
-    bytes_bf16 = 2 * k.size * 2  # K and V, 2 bytes each
-    del k
+    sets = rotated(dense, bytes_bf16)
+    t = timer(bf16, sets)
+    del sets
     row = {
         "S": slots,
         "B": batch,
         "T": block,
-        "bf16_ms": t_bf16 * 1e3,
-        "bf16_roofline": bytes_bf16 / t_bf16 / peak,
+        "timing": timer.method,
+        "bf16_ms": t["ms"],
+        "bf16_roofline": bytes_bf16 / (t["ms"] * 1e-3) / peak,
     }
     for view in ("int8", "int4"):
-        qv = random_view(key, batch, slots, kv_heads, head_dim, mode, view == "int4")
-        # base = group * floor((lengths - recent) / group): the whole context is in use
-        lengths_q = qv.base + mode.recent_tokens + 1
+        sets = quant_sets(key, q, region, shape, mode, view)
+        read = view_bytes(sets[0][1])
         fn = jax.jit(lambda q, v, n, r: quant_attention(q, v, n, r, implementation=impl))
-        t = time_call(fn, q, qv, lengths_q, region, reps=reps)
-        read = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(qv) if x.ndim == 4)
-        row[f"{view}_ms"] = t * 1e3
+        tq = timer(fn, sets)
+        row[f"{view}_ms"] = tq["ms"]
+        row[f"{view}_wall_ms"] = tq["wall_ms"]
         row[f"{view}_bytes_vs_bf16"] = bytes_bf16 / read
-        row[f"{view}_roofline"] = read / t / peak
-        row[f"{view}_speedup"] = t_bf16 / t
+        row[f"{view}_roofline"] = read / (tq["ms"] * 1e-3) / peak
+        row[f"{view}_speedup"] = t["ms"] / tq["ms"]
+        row[f"{view}_kernels"] = tq.get("kernels")
     return row
+
+
+def quant_sets(key, q, region, shape, mode: QuantKV, view: str) -> list:
+    """Rotated (q, view, lengths, region) sets with random planes of the "int8" or "int4" view;
+    lengths use the whole context: base = group * floor((lengths - recent) / group)."""
+    batch, slots, kv_heads, head_dim = shape
+
+    def make(i):
+        k = jax.random.fold_in(key, i)
+        v = random_view(k, batch, slots, kv_heads, head_dim, mode, upper_only=view == "int4")
+        return (q, v, v.base + mode.recent_tokens + 1, region)
+
+    return rotated(make, view_bytes(make(0)[1]))
+
+
+def tuning_rows(
+    shapes, heads, mode, peak, on_row, deadline, timer, *, interpret=False, max_tilings=None
+) -> None:
+    """The Triton quantised kernel's tilings at each shape (INT8 view, then INT4 with the INT8
+    winner): what the default `default_block_sizes` leaves on the table. Smoke: `interpret`
+    (CPU) and the first `max_tilings` of the grid."""
+    from kernels_pallas import quant_attention_triton as qt
+
+    for slots, batch, block in shapes:
+        num_heads, kv_heads, head_dim = heads
+        key, q, region = _inputs(slots, batch, block, heads)
+        shape = (batch, slots, kv_heads, head_dim)
+        rows = block * (num_heads // kv_heads)
+        default = qt.default_block_sizes(
+            rows, mode.group, batch * kv_heads, slots, num_cores=qt._num_cores()
+        )
+        grid = [
+            qt.BlockSizes(default.block_m, bk, max(1, default.num_splits * f // 2), w, st)
+            for bk in (64, 128)
+            for f in (1, 2, 4)
+            for w in (4, 8)
+            for st in (2, 3)
+            if mode.group % bk == 0
+        ][:max_tilings]
+        results = []
+        for view in ("int8", "int4"):
+            sets = quant_sets(key, q, region, shape, mode, view)
+            read = view_bytes(sets[0][1])
+            best = min(results, key=lambda r: r[0])[1] if results else default
+            tilings = [default] + (grid if view == "int8" else [best])
+            for bs in tilings:
+                if time.perf_counter() > deadline:
+                    return
+                fn = jax.jit(
+                    lambda q, v, n, r, bs=bs: qt.quant_attention_triton(
+                        q, v, n, r, block_sizes=bs, interpret=interpret
+                    )
+                )
+                try:
+                    ms = timer(fn, sets)["ms"]
+                except Exception as err:  # a tiling that does not compile (registers, smem)
+                    on_row({"S": slots, "B": batch, "T": block, "view": view,
+                            "tiling": str(bs), "error": f"{err!r}"[:200]})  # fmt: skip
+                    continue
+                if view == "int8":
+                    results.append((ms, bs))
+                on_row(
+                    {
+                        "S": slots,
+                        "B": batch,
+                        "T": block,
+                        "view": view,
+                        "default": bs == default,
+                        "block_k": bs.block_k,
+                        "splits": bs.num_splits,
+                        "warps": bs.num_warps,
+                        "stages": bs.num_stages,
+                        "ms": ms,
+                        "roofline": read / (ms * 1e-3) / peak,
+                    }
+                )
 
 
 # ---- the run ----
@@ -363,7 +461,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = smoke_config().replace(seq_len=context)
         mode = QuantKV(group=32, recent=32)
         prompt_lens, batches, max_new = (96, 160), (1, 4), 24
-        kernel_shapes, heads, reps, impl = [(1024, 1, 1), (1024, 2, 16)], (4, 2, 128), 1, "xla"
+        kernel_shapes, heads, impl = [(1024, 1, 1), (1024, 2, 16)], (4, 2, 128), "xla"
+        tuning_shapes, tuning_kw = [(1024, 1, 1)], dict(interpret=True, max_tilings=1)
     else:
         cfg = get_config(
             "small",
@@ -378,16 +477,29 @@ def main(argv: list[str] | None = None) -> None:
         # larger batch x context.
         prompt_lens, batches, max_new = (2048, 3968), (8, 1, 32), 128  # within the trained 4096
         kernel_shapes = [(s, b, t) for s in (8192, 32768, 65536) for b in (1, 8) for t in (1, 16)]
-        heads, reps, impl = (32, 8, 128), 20, "pallas"
+        heads, impl = (32, 8, 128), "pallas"
+        tuning_shapes, tuning_kw = [(32768, 1, 1), (32768, 8, 1)], {}
+
+    timer = Timer()
+    report.data["env"]["kernel timing"] = timer.method
 
     def kernel_phase():
         on_row = lambda r: report.add("kernels", r)
-        kernel_rows(kernel_shapes, heads, impl, args.peak_bw, reps, on_row, deadline)
+        kernel_rows(kernel_shapes, heads, impl, args.peak_bw, on_row, deadline, timer)
+
+    def tuning_phase():
+        on_row = lambda r: report.add("tuning", r)
+        tuning_mode = QuantKV(group=128, recent=32) if smoke else QuantKV()
+        tuning_rows(
+            tuning_shapes, heads, tuning_mode, args.peak_bw, on_row, deadline, timer, **tuning_kw
+        )
 
     # The kernels need no trained model: they run first, so the training's budget cannot crowd
     # them out of the call.
     if "kernels" in args.phases:
         run_phase(report, "kernels", kernel_phase)
+    if "tuning" in args.phases:
+        run_phase(report, "tuning", tuning_phase)
     if not {"decode", "quality"} & set(args.phases):
         print(report.markdown(), flush=True)
         return
