@@ -136,7 +136,12 @@ def attend_block(
     mask: jax.Array,  # [B, T, T] bool
     *,
     impl: str,
+    causal: bool = False,
 ) -> jax.Array:  # [B, T, N, H]
-    """Attention within one block that has no cached prefix (prefill, training)."""
+    """Attention within one block that has no cached prefix (prefill, training). `causal`
+    declares `mask` the causal one (`Region.causal`): then the causal flash path of training
+    (`causal_attention`: cuDNN on a GPU) runs, not the tree kernel over a T x T region."""
+    if causal:
+        return causal_attention(q, k, v)
     lengths = jax.numpy.zeros((q.shape[0],), jax.numpy.int32)
     return attend(q, LayerKV(k=k, v=v), lengths, mask, impl=impl)

@@ -29,6 +29,10 @@ class Region:
 
     offsets: jax.Array  # [B, T] int32: region slot of each token, relative to cache lengths
     mask: jax.Array  # [B, T, R] bool: token t sees region slot r (R >= T)
+    is_causal: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    """Static: the mask is exactly causal over R == T slots (`Region.causal`), so attention
+    within the block alone (a prefill) may use a causal flash kernel instead of the mask. A
+    changed mask must reset it: dataclasses.replace(region, mask=..., is_causal=False)."""
 
     @property
     def width(self) -> int:
@@ -40,7 +44,7 @@ class Region:
         """A contiguous causal run of `block` tokens (prefill, catch-up, plain decoding)."""
         offsets = jnp.broadcast_to(jnp.arange(block, dtype=jnp.int32), (batch, block))
         mask = jnp.broadcast_to(jnp.tril(jnp.ones((block, block), bool)), (batch, block, block))
-        return Region(offsets=offsets, mask=mask)
+        return Region(offsets=offsets, mask=mask, is_causal=True)
 
     @staticmethod
     def tree(ancestor_mask: jax.Array) -> "Region":

@@ -329,7 +329,9 @@ class Transformer(nnx.Module):
                         nonlocal cache
                         cache = cache.write(index, k, v, region.offsets)
                         if not prefix:
-                            return attend_block(q, k, v, region.mask, impl=self.attention)
+                            return attend_block(
+                                q, k, v, region.mask, impl=self.attention, causal=region.is_causal
+                            )
                         return attend(
                             q, cache.read(index), cache.lengths, region.mask, impl=self.attention
                         )

@@ -1,5 +1,7 @@
 """Model invariants: full forward == incremental decode; tree block == HF tree forward."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,3 +64,25 @@ def test_ragged_prefill_matches_unpadded(llama):
     for b, n in enumerate(lengths):
         alone = module.logits(module(tokens[b : b + 1, :n], _positions(1, 0, n)).hidden)
         np.testing.assert_allclose(batched[b, :n], alone[0], atol=2e-5)
+
+
+def test_causal_prefill_path_equals_the_masked_one(llama):
+    """A prefill whose region is `Region.causal` takes the causal flash path (cuDNN on a GPU);
+    the same mask without the flag goes through the tree kernel's masked path: same outputs
+    and cache. The flag is static (part of the jit key), and replacing the mask must reset it."""
+    module, cfg = llama.module(), llama.config
+    tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, cfg.vocab_size)
+    cache = KVCache.create(cfg.num_layers, 2, 16, cfg.num_kv_heads, cfg.head_dim, jnp.float32)
+    causal = Region.causal(2, 9)
+    masked = dataclasses.replace(causal, is_causal=False)
+    assert causal.is_causal and not masked.is_causal
+    assert jax.tree.leaves(causal) == [causal.offsets, causal.mask]  # the flag is not a leaf
+
+    @jax.jit
+    def run(region):
+        out = module(tokens, _positions(2, 0, 9), cache, region, prefix=False)
+        return out.hidden, out.cache.read(0).k
+
+    (h_fast, k_fast), (h_mask, k_mask) = run(causal), run(masked)
+    np.testing.assert_allclose(h_fast, h_mask, atol=2e-5)
+    np.testing.assert_array_equal(k_fast, k_mask)
