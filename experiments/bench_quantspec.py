@@ -21,8 +21,10 @@ results rewritten to $OUT/quantspec.json and $OUT/quantspec.md after every row:
   decode   prompts of 2k-4k tokens cut from the held-out stream (multi-turn conversations), batch
            8, 1, then 32 while time is left, greedy, EOS off (every row emits max_new tokens per
            sequence): plain bf16 cache, plain INT8 cache, QuantSpec + Chain(5) on the INT8
-           cache; acceptance per drafted token, speedup over plain bf16 (prefill included, the
-           same in every row), greedy equality with plain INT8
+           cache; acceptance per drafted token, greedy equality with plain INT8, and speed over
+           plain bf16 from the difference of runs with 128 and 64 new tokens (medians of 3), so
+           prefill cancels (the H200's second run timed whole calls, and at B = 8 a call was
+           ~1.47 s in every mode: prefill); whole-call speed beside it
   quality  the quantised cache against the bf16 cache on held-out windows: a prefix of 2048
            tokens, then the next tokens teacher-forced in blocks no longer than `recent` + 1
            (exactly plain decoding's reads): perplexity and top-1 agreement of INT8 (and INT4)
@@ -159,46 +161,69 @@ def quality(model: specdec.Model, windows: np.ndarray, prompt: int, mode: QuantK
 
 def decode_rows(model, prompts, max_new, mode, on_row, deadline) -> None:
     """plain bf16 / plain INT8 / QuantSpec INT8 rows for one batch of prompts, EOS off: every
-    sequence emits max_new tokens, so rows time the same work."""
+    sequence emits max_new tokens, so rows time the same work. Decoding speed is the difference
+    of two runs (max_new and max_new // 2 new tokens; prefill and compile cancel), since at 2k-4k
+    prompt tokens a prefill can outweigh 128 decode steps of a small target; whole-call speed
+    (prefill included) is reported beside it."""
 
     def run(**kw):
-        kw = dict(max_new_tokens=max_new, **kw)
-        first = specdec.generate(model, prompts, **kw)  # compiles
-        out = specdec.generate(model, prompts, **kw)
-        return out, first.stats.compile_seconds
+        """(full, half, compile seconds): outputs whose wall_seconds are medians of `repeats`."""
+        first = specdec.generate(model, prompts, max_new_tokens=max_new, **kw)  # compiles
+        specdec.generate(model, prompts, max_new_tokens=max_new // 2, **kw)  # warm (host side)
+        outs = []
+        for n in (max_new, max_new // 2):
+            runs = [specdec.generate(model, prompts, max_new_tokens=n, **kw) for _ in range(3)]
+            wall = float(np.median([r.stats.wall_seconds for r in runs]))
+            outs.append(dataclasses.replace(runs[0], stats=dataclasses.replace(
+                runs[0].stats, wall_seconds=wall, tokens_per_second=runs[0].stats.new_tokens / wall
+            )))  # fmt: skip
+        return *outs, first.stats.compile_seconds
 
-    def speed(out) -> dict:
-        stats = out.stats
+    def speed(full, half) -> dict:
+        f, h = full.stats, half.stats
+        seconds = f.wall_seconds - h.wall_seconds
+        forwards = max(f.target_forwards - h.target_forwards, 1)
         return {
-            "new_tokens": stats.new_tokens,
-            "ms_per_forward": 1e3 * stats.wall_seconds / max(stats.target_forwards, 1),
-            "tok_s": stats.tokens_per_second,
-            "speedup": stats.tokens_per_second / base.stats.tokens_per_second,
+            "new_tokens": f.new_tokens,
+            "decode_ms_per_forward": 1e3 * seconds / forwards,
+            "decode_tok_s": (f.new_tokens - h.new_tokens) / seconds,
+            "call_tok_s": f.tokens_per_second,  # prefill included
+            "prefill_ms_est": 1e3 * (h.wall_seconds - seconds * h.target_forwards / forwards),
         }
 
-    base, _ = run()
-    plain8, _ = run(kv_cache=mode)
+    base = speed(*run()[:2])
+    plain8_full, plain8_half, _ = run(kv_cache=mode)
     common = {
         "batch": len(prompts),
         "prompt_tokens": f"{min(map(len, prompts))}-{max(map(len, prompts))}",
     }
-    on_row({**common, "mode": "plain dense", **speed(base)})
-    on_row({**common, "mode": "plain int8", **speed(plain8)})
+
+    def row(mode_name, measured, **extra):
+        on_row(
+            {
+                **common,
+                "mode": mode_name,
+                **measured,
+                "decode_speedup": measured["decode_tok_s"] / base["decode_tok_s"],
+                "call_speedup": measured["call_tok_s"] / base["call_tok_s"],
+                **extra,
+            }
+        )
+
+    row("plain dense", base)
+    row("plain int8", speed(plain8_full, plain8_half))
     if time.perf_counter() > deadline:
         return
-    spec, compile_s = run(kv_cache=mode, drafter=QuantSpec(), policy=DRAFT)
-    same = sum(a == b for a, b in zip(spec.sequences(), plain8.sequences(), strict=True))
-    on_row(
-        {
-            **common,
-            "mode": f"QuantSpec {DRAFT.max_depth}",
-            **speed(spec),
-            "tau": spec.stats.tau,
-            "accept_per_draft": (spec.stats.tau - 1) / DRAFT.max_depth,
-            "accept_by_depth": ", ".join(f"{a:.2f}" for a in spec.stats.acceptance_by_depth),
-            "greedy_eq_plain_int8": f"{same}/{len(prompts)}",
-            "compile_s": compile_s,
-        }
+    spec, spec_half, compile_s = run(kv_cache=mode, drafter=QuantSpec(), policy=DRAFT)
+    same = sum(a == b for a, b in zip(spec.sequences(), plain8_full.sequences(), strict=True))
+    row(
+        f"QuantSpec {DRAFT.max_depth}",
+        speed(spec, spec_half),
+        tau=spec.stats.tau,
+        accept_per_draft=(spec.stats.tau - 1) / DRAFT.max_depth,
+        accept_by_depth=", ".join(f"{a:.2f}" for a in spec.stats.acceptance_by_depth),
+        greedy_eq_plain_int8=f"{same}/{len(prompts)}",
+        compile_s=compile_s,
     )
 
 
@@ -273,9 +298,9 @@ def kernel_row(slots, batch, block, heads, impl: str, peak: float, timer) -> dic
     shape = (batch, slots, kv_heads, head_dim)
     bytes_bf16 = 2 * batch * slots * kv_heads * head_dim * 2  # K and V, 2 bytes each
 
-    def dense(i):
-        k = jax.random.normal(jax.random.fold_in(key, i), shape, jnp.bfloat16)
-        return (q, k, k, jnp.full((batch,), slots - block, jnp.int32), region)
+    def dense(i):  # K and V distinct: with V = K the second read would hit L2
+        k, v = jax.random.normal(jax.random.fold_in(key, i), (2, *shape), jnp.bfloat16)
+        return (q, k, v, jnp.full((batch,), slots - block, jnp.int32), region)
 
     bf16 = jax.jit(lambda q, k, v, n, r: tree_attention(q, k, v, n, r, implementation=impl))
     sets = rotated(dense, bytes_bf16)

@@ -58,8 +58,9 @@ class BlockSizes:
     """Key splits per (batch, KV head, row tile); > 1 merges partial results by log-sum-exp."""
     num_warps: int = 4
     """Warps per program."""
-    num_stages: int = 2
-    """Software-pipelining depth of the key loops."""
+    num_stages: int = 3
+    """Software-pipelining depth of the key loops (3 was the fastest of {2, 3} at every shape
+    of the H200 sweep in experiments/results/quantspec_h200_run2: 7-15% over 2)."""
 
 
 def fits(q: jax.Array, view: QuantLayerView) -> bool:
