@@ -346,18 +346,22 @@ def train_draft_model(pair: Pair, cfg, work: Path, *, time_budget_s: float | Non
     return model, describe_model(model, out)
 
 
-def eagle_drafter(pair: Pair, args: argparse.Namespace):
-    """(Eagle, record): --eagle DIR if given, else an EAGLE-3 head trained here (smoke: a few
-    micro steps; GPU: --eagle-budget-s, saved to --work/eagle3 and reused by later runs)."""
+def eagle_drafter(pair: Pair, args: argparse.Namespace, version: int = 3):
+    """(Eagle, record): --eagle DIR (EAGLE-3) or --eagle1 DIR (EAGLE-1) if given, else a head of
+    that version trained here (smoke: a few micro steps; GPU: --eagle-budget-s, saved to
+    --work/eagle<version> and reused by later runs)."""
     from drafters import Eagle
 
-    saved = Path(args.work) / "eagle3"
-    if args.eagle or (not args.smoke and (saved / "config.json").is_file()):
-        path = args.eagle or saved
+    given = args.eagle if version == 3 else getattr(args, "eagle1", None)
+    saved = Path(args.work) / f"eagle{version}"
+    if given or (not args.smoke and (saved / "config.json").is_file()):
+        path = given or saved
         head = Eagle.load(path, pair.target)
+        if head.version != version:
+            raise SystemExit(f"{path} holds an EAGLE-{head.version} head, not EAGLE-{version}")
         params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(head.head.params))
         return head, {"dir": str(path), "version": head.version, "head_params": params}
-    cfg = default_eagle_config(args.smoke, version=3)
+    cfg = default_eagle_config(args.smoke, version=version)
     drafter, record = train_eagle(
         pair,
         cfg,
@@ -369,25 +373,41 @@ def eagle_drafter(pair: Pair, args: argparse.Namespace):
     return drafter, record
 
 
+QUANTSPEC_CACHE = "int8-hierarchical"
+
+
+def generate_options(name: str) -> dict:
+    """What a zoo drafter needs beside itself in `generate` / `run_rows` (QuantSpec drafts from
+    the INT4 plane of the target's hierarchical cache, so the target runs with that cache)."""
+    return {"kv_cache": QUANTSPEC_CACHE} if name == "QuantSpec" else {}
+
+
 def drafter_zoo(pair: Pair, args: argparse.Namespace) -> tuple[dict, dict]:
     """({name: drafter}, {name: record}) for every drafter the project has: the pair's
     DraftModel, NGram(3) prompt lookup, EarlyExit at half the target's layers (the target is not
-    early-exit trained: LayerSkip's recipe would raise its acceptance) and an EAGLE-3 head."""
-    from drafters import DraftModel, EarlyExit, NGram
+    early-exit trained: LayerSkip's recipe would raise its acceptance), EAGLE-3 and EAGLE-1 heads,
+    and QuantSpec (the target over the INT4 plane of its own cache; run it with
+    `generate_options`)."""
+    from drafters import DraftModel, EarlyExit, NGram, QuantSpec
 
     exit_layer = max(1, pair.target.config.num_layers // 2)
-    eagle, eagle_record = eagle_drafter(pair, args)
+    eagle3, eagle3_record = eagle_drafter(pair, args, version=3)
+    eagle1, eagle1_record = eagle_drafter(pair, args, version=1)
     zoo = {
         "DraftModel": DraftModel(pair.draft),
         "NGram(3)": NGram(3),
         f"EarlyExit({exit_layer})": EarlyExit(exit_layer),
-        "EAGLE-3": eagle,
+        "EAGLE-3": eagle3,
+        "EAGLE-1": eagle1,
+        "QuantSpec": QuantSpec(),
     }
     records = {
         "DraftModel": describe_model(pair.draft, pair.draft_dir),
         "NGram(3)": {"params": 0},
         f"EarlyExit({exit_layer})": {"params": 0, "exit_layer": exit_layer},
-        "EAGLE-3": eagle_record,
+        "EAGLE-3": eagle3_record,
+        "EAGLE-1": eagle1_record,
+        "QuantSpec": {"params": 0, "kv_cache": QUANTSPEC_CACHE},
     }
     return zoo, records
 
@@ -413,8 +433,9 @@ def parser(
     p.add_argument("--deadline-s", type=float, default=deadline_s, help="stop starting new rows")
     p.add_argument("--prompts", type=int, default=prompts, help="prompts (smoke: fewer)")
     p.add_argument("--max-new", type=int, default=max_new, help="new tokens per prompt")
-    p.add_argument("--eagle", help="an EAGLE head directory (default: train one, see common)")
-    p.add_argument("--eagle-budget-s", type=float, default=90.0, help="EAGLE-3 training cap")
+    p.add_argument("--eagle", help="an EAGLE-3 head directory (default: train one, see common)")
+    p.add_argument("--eagle1", help="an EAGLE-1 head directory (default: train one)")
+    p.add_argument("--eagle-budget-s", type=float, default=90.0, help="EAGLE training cap (each)")
     return p
 
 

@@ -40,6 +40,7 @@ def run(pair: common.Pair, args) -> common.Recorder:
                 ids,
                 max_new_tokens=args.max_new,
                 drafter=drafter,
+                **common.generate_options(name),
                 policy=Chain(args.depth),
                 temperature=temperature,
                 seed=0,

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from drafters import DraftModel, Eagle, EarlyExit, NGram
+from drafters import DraftModel, Eagle, EarlyExit, NGram, QuantSpec
 from experiments.bench_decode import STATIC_TREE, measure_copy_bandwidth
 from experiments.scaling import common
 from specdec.contract import DraftContext
@@ -100,10 +100,11 @@ def _parts(policy):
     return draft, forward, walk, commit
 
 
-def split_one(target, drafter, policy, ids, args) -> dict:
-    """Per-part and fused-step seconds of one drafter x policy on `ids` (see module)."""
+def split_one(target, drafter, policy, ids, args, **options) -> dict:
+    """Per-part and fused-step seconds of one drafter x policy on `ids` (see module); `options`
+    go to `prepare` (common.generate_options: QuantSpec's cache)."""
     prepared = prepare(
-        target, ids, max_new_tokens=args.max_new + 64, drafter=drafter, policy=policy
+        target, ids, max_new_tokens=args.max_new + 64, drafter=drafter, policy=policy, **options
     )
     net, drafter, _, _, _, _, max_new, params, _, eos = prepared.args
     kw = dict(policy=prepared.policy, shape=prepared.shape)
@@ -152,6 +153,8 @@ def drafter_bytes(target, drafter) -> float:
         return (head + shared_lm_head) * size
     if isinstance(drafter, EarlyExit):
         return cfg.num_params() * size * drafter.exit_layer / cfg.num_layers
+    if isinstance(drafter, QuantSpec):  # the whole target (its KV reads are left out)
+        return cfg.num_params() * size
     return 0.0
 
 
@@ -184,6 +187,9 @@ def run(pair: common.Pair, args) -> common.Recorder:
         drafters[f"EarlyExit({exit_layer})"] = EarlyExit(exit_layer)
         drafters["NGram(3)"] = NGram(3)
         drafters["EAGLE-3"], records["EAGLE-3"] = common.eagle_drafter(pair, args)
+        drafters["EAGLE-1"], records["EAGLE-1"] = common.eagle_drafter(pair, args, version=1)
+        drafters["QuantSpec"] = QuantSpec()
+        records["QuantSpec"] = {"params": 0, "kv_cache": common.QUANTSPEC_CACHE}
     policies = {"Chain(4)": Chain(4), f"Static({len(STATIC_TREE) + 1} nodes)": Static(STATIC_TREE)}
     if args.smoke:
         policies = {"Chain(4)": Chain(4)}
@@ -208,7 +214,8 @@ def run(pair: common.Pair, args) -> common.Recorder:
             if rec.time_left() < 0:
                 print(f"deadline: skipping batch {batch} {dname} {pname}")
                 continue
-            split = split_one(pair.target, drafter, policy, ids, args)
+            options = common.generate_options(dname)
+            split = split_one(pair.target, drafter, policy, ids, args, **options)
             bound = roofline(pair.target, drafter, policy, split, batch, bandwidth, peak)
             rec.add(
                 {"batch": batch, "drafter": dname, "policy": pname, **split, "roofline_s": bound}
