@@ -275,26 +275,29 @@ DRAM bandwidth while tiny models sit in caches, so measured times may fall below
 """,
         """\
 parts = time_split.PARTS
-labels = [f"B={r['batch']}\\n{r['drafter']}\\n{r['policy']}" for r in rows]
-x = np.arange(len(rows))
-fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(rows)), 5))
-bottom = np.zeros(len(rows))
-for k, part in enumerate(parts):
-    ms = np.array([1e3 * r["seconds"][part] for r in rows])
-    ax.bar(x - 0.2, ms, 0.4, bottom=bottom, color=f"C{k}", label=f"{part} (measured)")
-    bottom += ms
-bottom = np.zeros(len(rows))
-for k, part in enumerate(parts):
-    ms = np.array([1e3 * r["roofline_s"][part] for r in rows])
-    ax.bar(x + 0.2, ms, 0.4, bottom=bottom, color=f"C{k}", alpha=0.4, hatch="//")
-    bottom += ms
-ax.plot(x - 0.2, [1e3 * r["fused_step_s"] for r in rows], "k_", ms=30, label="fused step")
-ax.set_xticks(x, labels, fontsize=7)
-ax.set_ylabel("ms per step (left: measured parts; right, hatched: roofline)")
-ax.legend(fontsize=7)
-ax.grid(alpha=0.3, axis="y")
-batches = ", ".join(str(b) for b in sorted({r["batch"] for r in rows}))
-fig.suptitle(common.caption(meta, temperature=0, batch=batches), fontsize=8)
+batches = sorted({r["batch"] for r in rows})
+per = max(sum(r["batch"] == b for r in rows) for b in batches)
+fig, axes = plt.subplots(
+    len(batches), 1, figsize=(max(6, 1.4 * per), 4 * len(batches)), squeeze=False
+)
+for ax, batch in zip(axes[:, 0], batches, strict=True):
+    sub = [r for r in rows if r["batch"] == batch]
+    x = np.arange(len(sub))
+    hatched = {"alpha": 0.4, "hatch": "//"}
+    for side, key, style in ((-0.2, "seconds", {}), (0.2, "roofline_s", hatched)):
+        bottom = np.zeros(len(sub))
+        for k, part in enumerate(parts):
+            ms = np.array([1e3 * r[key][part] for r in sub])
+            label = f"{part} (measured)" if key == "seconds" else None
+            ax.bar(x + side, ms, 0.4, bottom=bottom, color=f"C{k}", label=label, **style)
+            bottom += ms
+    ax.plot(x - 0.2, [1e3 * r["fused_step_s"] for r in sub], "k_", ms=30, label="fused step")
+    ax.set_xticks(x, [f"{r['drafter']}\\n{r['policy']}" for r in sub], fontsize=7)
+    ax.set_ylabel(f"batch {batch}: ms per step")
+    ax.set_title("left: measured parts; right, hatched: roofline lower bound", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+fig.suptitle(common.caption(meta, temperature=0, batch=", ".join(map(str, batches))), fontsize=8)
 fig.tight_layout()
 plt.show()
 for r in rows:
@@ -315,15 +318,21 @@ reports the draft's acceptance growing log-linearly with its pretraining tokens 
 on Llama-2/3 and Qwen2.5 targets with billion-parameter-scale drafts. Our models and data are far
 smaller, so we compare the form of the law (the sign and interval of our slope b), not its value.
 The cell below says, per drafter, whether our data agree with growth in {axis}: a slope whose
-95% interval lies above zero is consistent; an interval containing zero does not resolve it; one
-below zero disagrees.
+95% interval lies above zero with a good fit (R^2 >= 0.8) is consistent; above zero with a poor
+fit is growth but not evidence for the log-linear form; an interval containing zero does not
+resolve it; one below zero disagrees.
 """
 
 VERDICT = """\
 for name, law in laws.items():
     low, high = law.slope_ci
-    if low > 0:
+    if low > 0 and law.r2 >= 0.8:
         verdict = "consistent with Scylla's log-linear growth"
+    elif low > 0:
+        verdict = (
+            f"grows with {axis}, but the points are a poor log-linear fit "
+            f"(R^2 {{law.r2:.2f}}): not evidence for the law's form"
+        )
     elif high < 0:
         verdict = "DISAGREES with Scylla: acceptance falls with {axis}"
     else:
