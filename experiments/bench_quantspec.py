@@ -13,8 +13,9 @@ results rewritten to $OUT/quantspec.json and $OUT/quantspec.md after every row:
            quantised kernel (INT8 and INT4 views) against the bf16 tree-attention kernel at the
            same shape; device time from CUPTI (bench_tree_attention.Timer), inputs rotated so each
            call reads HBM, not L2
-  tuning   the Triton kernel's tilings (key block, splits, warps, stages) at S = 32k, B in {1, 8},
-           T = 1: INT8 over the grid, INT4 with the INT8 winner, each against the default tiling
+  tuning   the Triton kernel's tilings (key block, splits, warps; INT8: both nibble planes as one
+           8-bit operand or not) at S = 32k, B in {1, 8}, T = 1, 3 stages (the first run's winner
+           everywhere): INT8 over the grid, INT4 with the INT8 winner, each against the default
   (decode or quality asks for a trained target: tokenizer + ShareGPT token streams, multi-turn
   conversations concatenated and packed into windows of --context tokens, >= 4096 on GPU; the
   `small` target trained at that context for what the deadline leaves, bf16 export)
@@ -358,11 +359,13 @@ def tuning_rows(
             rows, mode.group, batch * kv_heads, slots, num_cores=qt._num_cores()
         )
         grid = [
-            qt.BlockSizes(default.block_m, bk, max(1, default.num_splits * f // 2), w, st)
+            qt.BlockSizes(
+                default.block_m, bk, max(1, default.num_splits * f // 2), w, fused_planes=fused
+            )
+            for fused in (True, False)
             for bk in (64, 128)
             for f in (1, 2, 4)
             for w in (4, 8)
-            for st in (2, 3)
             if mode.group % bk == 0
         ][:max_tilings]
         results = []
@@ -398,6 +401,7 @@ def tuning_rows(
                         "splits": bs.num_splits,
                         "warps": bs.num_warps,
                         "stages": bs.num_stages,
+                        "fused_planes": bs.fused_planes,
                         "ms": ms,
                         "roofline": read / (ms * 1e-3) / peak,
                     }

@@ -58,6 +58,10 @@ class BlockSizes:
     """Key splits per (batch, KV head, row tile); > 1 merges partial results by log-sum-exp."""
     num_warps: int = 4
     """Warps per program."""
+    fused_planes: bool = False
+    """INT8 view: each channel's two nibbles as one 8-bit level operand (f16, exact), so one dot
+    per head half instead of two; the INT4 view ignores it. Off until timed on a GPU
+    (bench_quantspec's tuning phase sweeps it)."""
     num_stages: int = 3
     """Software-pipelining depth of the key loops (3 was the fastest of {2, 3} at every shape
     of the H200 sweep in experiments/results/quantspec_h200_run2: 7-15% over 2)."""
@@ -101,6 +105,7 @@ def _quant_attention_kernel(
     recent: int,
     block_k: int,
     upper_only: bool,
+    fused_planes: bool,
     scale_log2: float,
     precision,
 ):
@@ -152,9 +157,18 @@ def _quant_attention_kernel(
     # the upper and lower nibbles; the INT4 view reads u only), and `_nibble_operands` adds an
     # offset to each nibble that comes off through the operand's row sums (f32 accumulation).
 
+    fused = fused_planes and not upper_only
+    byte_dt = jnp.float32 if dt == jnp.float32 else jnp.float16  # 8-bit levels exact in f16
+
     def key_scores(x_a, x_b, rows):
         """x_a, x_b [block_m, H/2] f32 (query halves times the key scales) -> x . levels
         [block_m, block_k] f32 over the key block `rows`."""
+        if fused:  # levels = (c - lower_shift) / 16, c = 16 u + l: x . levels = (x / 16) . c - ...
+            c_a, c_b, offset = _byte_operands(k_hi_ref[rows, :], k_lo_ref[rows, :], byte_dt)
+            x16_a, x16_b = (x_a / 16).astype(byte_dt), (x_b / 16).astype(byte_dt)
+            x16_sum = x16_a.astype(f32).sum(axis=1) + x16_b.astype(f32).sum(axis=1)
+            s = dot(x16_a, c_a, trans_b=True) + dot(x16_b, c_b, trans_b=True)
+            return s - ((offset + lower_shift) * x16_sum)[:, None]
         x_a, x_b = x_a.astype(dt), x_b.astype(dt)
         x_sum = x_a.astype(f32).sum(axis=1) + x_b.astype(f32).sum(axis=1)  # as the dots see x
         u_a, u_b, offset = _nibble_operands(k_hi_ref[rows, :], dt)
@@ -170,6 +184,11 @@ def _quant_attention_kernel(
     def value_products(x, rows):
         """x [block_m, block_k] f32 (weights times the value scales) -> x @ levels as two halves
         [block_m, H/2] f32 over the value block `rows`."""
+        if fused:
+            c_a, c_b, offset = _byte_operands(v_hi_ref[rows, :], v_lo_ref[rows, :], byte_dt)
+            x16 = (x / 16).astype(byte_dt)
+            correction = (offset + lower_shift) * x16.astype(f32).sum(axis=1)[:, None]
+            return dot(x16, c_a) - correction, dot(x16, c_b) - correction
         x = x.astype(dt)
         x_sum = x.astype(f32).sum(axis=1)
         u_a, u_b, offset = _nibble_operands(v_hi_ref[rows, :], dt)
@@ -248,6 +267,18 @@ def _quant_attention_kernel(
 # OR'd into the mantissa of a power of two (bf16 128 + n: 0x4300 | n; f16 1024 + n), the offset
 # taken off the product afterwards; float32 converts (interpret mode, tests).
 _NIBBLE_MAGIC = {jnp.dtype(jnp.bfloat16): (0x4300, 128.0), jnp.dtype(jnp.float16): (0x6400, 1024.0)}
+
+
+def _byte_operands(hi: jax.Array, lo: jax.Array, dtype) -> tuple[jax.Array, jax.Array, float]:
+    """Upper and lower planes [n, H/2] uint8 -> each channel's 8-bit level c = 16 u + l for the
+    two head halves (byte j holds channels j and j + H/2), plus an offset, in `dtype`: float16
+    as 1024 + c (c ORed into the mantissa, exact), float32 converted (offset 0)."""
+    c_a = ((hi & 15) << 4) | (lo & 15)  # channels [0, H/2)
+    c_b = (hi & 0xF0) | (lo >> 4)  # channels [H/2, H)
+    if jnp.dtype(dtype) == jnp.float32:
+        return c_a.astype(dtype), c_b.astype(dtype), 0.0
+    as_float = lambda c: lax.bitcast_convert_type(c.astype(jnp.uint16) | 0x6400, jnp.float16)
+    return as_float(c_a), as_float(c_b), 1024.0
 
 
 def _nibble_operands(packed: jax.Array, dtype) -> tuple[jax.Array, jax.Array, float]:
@@ -352,6 +383,7 @@ def quant_attention_triton(
         recent=view.recent,
         block_k=bs.block_k,
         upper_only=view.upper_only,
+        fused_planes=bs.fused_planes,
         scale_log2=scale * tc.LOG2E,
         precision=lax.Precision.HIGHEST if q.dtype == jnp.float32 else None,
     )

@@ -5,6 +5,8 @@ random tree) with ragged lengths, so the planes, scales, buffer window and regio
 decode loop produces. Both views are checked: INT8 (target) and INT4 (draft, no lower planes).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,6 +128,31 @@ def test_model_forward_uses_the_kernel_on_its_real_path():
     np.testing.assert_allclose(logits("interpret"), logits("xla"), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fused_planes_match_the_reference(case, dtype):
+    """The INT8 view with both nibbles as one 8-bit operand (float16 bit trick under bf16)."""
+    q, cache, region = make_problem(6, head_dim=32, group=32, dtype=dtype, **CASES[case])
+    layer = cache.with_view("int8").read(0)
+    want = quant_attention_reference(q, layer, cache.lengths, region)
+    sizes = triton.BlockSizes(block_m=16, block_k=16, num_splits=2, fused_planes=True)
+    got = triton.quant_attention_triton(
+        q, layer, cache.lengths, region, block_sizes=sizes, interpret=True
+    )
+    err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - want.astype(jnp.float32))))
+    assert err < TOLERANCE[dtype], err
+
+
+def test_byte_operands_are_the_levels_of_both_planes():
+    """Every (upper, lower) byte pair: the float16 operand minus its offset is 16 u + l, exactly,
+    for both head halves (low nibbles: channel j, high nibbles: channel j + H/2)."""
+    hi, lo = (x.ravel().astype(np.uint8) for x in np.meshgrid(np.arange(256), np.arange(256)))
+    for dtype in (jnp.float16, jnp.float32):
+        c_a, c_b, offset = triton._byte_operands(jnp.asarray(hi), jnp.asarray(lo), dtype)
+        for got, want in ((c_a, 16 * (hi & 15) + (lo & 15)), (c_b, 16 * (hi >> 4) + (lo >> 4))):
+            np.testing.assert_array_equal(np.asarray(got, np.float32) - offset, want)
+
+
 @pytest.mark.parametrize("splits", [1, 3])
 def test_key_splits_give_the_same_result(splits):
     q, cache, region = make_problem(5, head_dim=32, group=32, dtype=jnp.float32, **CASES["tree"])
@@ -194,14 +221,17 @@ def test_tpu_kernel_lowers_for_tpu(dims):
 
 
 @LOWERING_DIMS
-def test_triton_kernel_lowers_for_cuda(dims):
+@pytest.mark.parametrize("fused", [False, True], ids=["planes", "fused"])
+def test_triton_kernel_lowers_for_cuda(dims, fused):
     """Every primitive of the bf16 kernel (the nibble bitcasts included) has a Triton lowering:
     interpret mode, which the tests above run, does not lower to Triton."""
     device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="cuda")
     mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
     unchecked = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
     with jax.sharding.use_abstract_mesh(mesh):
+        sizes = triton.BlockSizes(block_m=64, block_k=64, num_splits=4, fused_planes=fused)
+        kernel = functools.partial(triton.quant_attention_triton, block_sizes=sizes)
         exported = jax.export.export(
-            jax.jit(triton.quant_attention_triton), platforms=["cuda"], disabled_checks=unchecked
+            jax.jit(kernel), platforms=["cuda"], disabled_checks=unchecked
         )(*_view_structs(*dims))
     assert "__gpu$xla.gpu.triton" in exported.mlir_module()
