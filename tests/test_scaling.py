@@ -139,3 +139,35 @@ def test_a_policy_run_becomes_the_budget_notebooks_gpu_result(tmp_path):
     assert "EAGLE-3" in data["meta"]["models"]["eagle3"]["summary"]
     with pytest.raises(ValueError, match="key must be one of"):
         budget.from_policy_run(spec, tmp_path, key="eagle")
+
+
+def test_time_split_records_device_times_when_cupti_is_there():
+    """With a (fake) CUPTI timer each part and the fused step get a device time and a kernel
+    count; without one (a CPU) only host times are recorded."""
+    import argparse
+
+    import jax
+
+    from drafters import QuantSpec
+    from experiments.scaling import common, time_split
+    from trees import Chain
+
+    class FakeCupti:
+        method = "cupti"
+
+        def __call__(self, fn, arg_sets):
+            jax.block_until_ready(fn(*arg_sets[0]))
+            return {"ms": 0.25, "kernels": 7}
+
+    pair = common.tiny_pair()
+    ids = common.prompts(pair.target.tokenizer, 2)
+    args = argparse.Namespace(max_new=8, warm_steps=1, repeats=1)
+    options = common.generate_options("QuantSpec")
+    with_device = time_split.split_one(
+        pair.target, QuantSpec(), Chain(2), ids, args, FakeCupti(), **options
+    )
+    names = {"fused_step", *time_split.PARTS}
+    assert with_device["device_ms"] == dict.fromkeys(names, 0.25)
+    assert with_device["kernels"] == dict.fromkeys(names, 7)
+    host_only = time_split.split_one(pair.target, QuantSpec(), Chain(2), ids, args, **options)
+    assert "device_ms" not in host_only and set(host_only["seconds"]) == set(time_split.PARTS)

@@ -275,6 +275,11 @@ DRAM bandwidth while tiny models sit in caches, so measured times may fall below
 """,
         """\
 parts = time_split.PARTS
+# Device times (CUPTI: kernels only, host gaps excluded) where the run had them, else host times.
+device = all("device_ms" in r for r in rows)
+measured = lambda r, p: r["device_ms"][p] if device else 1e3 * r["seconds"][p]
+bound_ms = lambda r, p: 1e3 * r["roofline_s"][p]
+fused = lambda r: r["device_ms"]["fused_step"] if device else 1e3 * r["fused_step_s"]
 batches = sorted({r["batch"] for r in rows})
 per = max(sum(r["batch"] == b for r in rows) for b in batches)
 fig, axes = plt.subplots(
@@ -284,14 +289,15 @@ for ax, batch in zip(axes[:, 0], batches, strict=True):
     sub = [r for r in rows if r["batch"] == batch]
     x = np.arange(len(sub))
     hatched = {"alpha": 0.4, "hatch": "//"}
-    for side, key, style in ((-0.2, "seconds", {}), (0.2, "roofline_s", hatched)):
+    for side, bound in ((-0.2, False), (0.2, True)):
         bottom = np.zeros(len(sub))
         for k, part in enumerate(parts):
-            ms = np.array([1e3 * r[key][part] for r in sub])
-            label = f"{part} (measured)" if key == "seconds" else None
+            ms = np.array([(bound_ms if bound else measured)(r, part) for r in sub])
+            label = None if bound else f"{part} ({'device' if device else 'host'} time)"
+            style = hatched if bound else {}
             ax.bar(x + side, ms, 0.4, bottom=bottom, color=f"C{k}", label=label, **style)
             bottom += ms
-    ax.plot(x - 0.2, [1e3 * r["fused_step_s"] for r in sub], "k_", ms=30, label="fused step")
+    ax.plot(x - 0.2, [fused(r) for r in sub], "k_", ms=30, label="fused step")
     ax.set_xticks(x, [f"{r['drafter']}\\n{r['policy']}" for r in sub], fontsize=7)
     ax.set_ylabel(f"batch {batch}: ms per step")
     ax.set_title("left: measured parts; right, hatched: roofline lower bound", fontsize=8)
@@ -303,9 +309,15 @@ plt.show()
 for r in rows:
     split = ", ".join(f"{p} {1e3 * r['seconds'][p]:.3f}" for p in parts)
     print(
-        f"B={r['batch']} {r['drafter']} {r['policy']}: {split} ms; sum "
+        f"B={r['batch']} {r['drafter']} {r['policy']}: host {split} ms; sum "
         f"{1e3 * r['sum_of_parts_s']:.3f} ms, fused step {1e3 * r['fused_step_s']:.3f} ms"
     )
+    if "device_ms" in r:
+        dev = ", ".join(f"{p} {r['device_ms'][p]:.3f} ({r['kernels'][p]})" for p in parts)
+        print(
+            f"    device (kernels): {dev}; fused step {r['device_ms']['fused_step']:.3f} ms "
+            f"({r['kernels']['fused_step']} kernels)"
+        )
 """,
     ),
 }

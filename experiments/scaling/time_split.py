@@ -16,7 +16,9 @@ Here each part is compiled and timed separately on the same mid-decode state (th
 
 and the fused step is timed too. sum(parts) exceeds the fused step by one launch and one host
 sync per part and by the fusion XLA no longer does across parts; both are reported. Medians of
---repeats calls, each blocked on its result.
+--repeats calls, each blocked on its result. On a GPU each part and the fused step are also
+timed on the device (CUPTI, experiments.bench_tree_attention.Timer: the sum of the call's kernel
+times, host gaps excluded) with their kernel counts, which is what the rooflines compare with.
 
 Roofline per part, from the measured device-copy bandwidth (bench_decode) and the bf16 peak of
 train.trainer.device_peak_flops (None on CPUs): verify_forward max(weights + KV read, 2 N B T
@@ -36,6 +38,7 @@ import numpy as np
 
 from drafters import DraftModel, Eagle, EarlyExit, NGram, QuantSpec
 from experiments.bench_decode import STATIC_TREE, measure_copy_bandwidth
+from experiments.bench_tree_attention import Timer
 from experiments.scaling import common
 from specdec.contract import DraftContext
 from specdec.engine.generate import prepare
@@ -100,7 +103,19 @@ def _parts(policy):
     return draft, forward, walk, commit
 
 
-def split_one(target, drafter, policy, ids, args, **options) -> dict:
+def device_times(timer, calls: dict) -> dict:
+    """{name: (median device ms, kernels per call)} of jitted calls {name: (fn, args)}, or {}
+    without CUPTI (a CPU: the host times above are all there is)."""
+    if timer is None or timer.method != "cupti":
+        return {}
+    out = {}
+    for name, (fn, fn_args) in calls.items():
+        t = timer(fn, [fn_args])
+        out[name] = (t["ms"], t.get("kernels"))
+    return out
+
+
+def split_one(target, drafter, policy, ids, args, timer=None, **options) -> dict:
     """Per-part and fused-step seconds of one drafter x policy on `ids` (see module); `options`
     go to `prepare` (common.generate_options: QuantSpec's cache)."""
     prepared = prepare(
@@ -132,7 +147,24 @@ def split_one(target, drafter, policy, ids, args, **options) -> dict:
         "verify_walk": _median_seconds(walk, (tree, logits, params, key), args.repeats),
         "commit": _median_seconds(commit, (state, tree, verdict, cache), args.repeats),
     }
+    device = device_times(
+        timer,
+        {
+            "fused_step": (one, (*step_args, state)),
+            "draft": (draft, (net, drafter, state, params, key)),
+            "verify_forward": (forward, (net, tree, cache, reuse)),
+            "verify_walk": (walk, (tree, logits, params, key)),
+            "commit": (commit, (state, tree, verdict, cache)),
+        },
+    )
+    extra = {}
+    if device:
+        extra = {
+            "device_ms": {k: ms for k, (ms, _) in device.items()},
+            "kernels": {k: n for k, (_, n) in device.items()},
+        }
     return {
+        **extra,
         "seconds": seconds,
         "fused_step_s": fused,
         "sum_of_parts_s": sum(seconds.values()),
@@ -180,6 +212,7 @@ def run(pair: common.Pair, args) -> common.Recorder:
     on_cpu = jax.devices()[0].platform == "cpu"
     bandwidth = measure_copy_bandwidth((64 << 20) if on_cpu else (4 << 30))
     peak, peak_source = device_peak_flops()
+    timer = None if on_cpu else Timer()
     drafters = {"DraftModel": DraftModel(pair.draft)}
     records = {"DraftModel": common.describe_model(pair.draft, pair.draft_dir)}
     if not args.smoke:
@@ -215,7 +248,7 @@ def run(pair: common.Pair, args) -> common.Recorder:
                 print(f"deadline: skipping batch {batch} {dname} {pname}")
                 continue
             options = common.generate_options(dname)
-            split = split_one(pair.target, drafter, policy, ids, args, **options)
+            split = split_one(pair.target, drafter, policy, ids, args, timer, **options)
             bound = roofline(pair.target, drafter, policy, split, batch, bandwidth, peak)
             rec.add(
                 {"batch": batch, "drafter": dname, "policy": pname, **split, "roofline_s": bound}
