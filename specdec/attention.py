@@ -139,9 +139,11 @@ def attend_block(
     causal: bool = False,
 ) -> jax.Array:  # [B, T, N, H]
     """Attention within one block that has no cached prefix (prefill, training). `causal`
-    declares `mask` the causal one (`Region.causal`): then the causal flash path of training
-    (`causal_attention`: cuDNN on a GPU) runs, not the tree kernel over a T x T region."""
-    if causal:
+    declares `mask` the causal one (`Region.causal`): where cuDNN's causal flash attention runs
+    (a GPU, bf16 / fp16; `causal_implementation`) it serves the block instead of the tree kernel
+    over a T x T region. Elsewhere the masked path stays: XLA's causal attention would write
+    [B, N, T, T] scores, which the TPU kernel never does."""
+    if causal and causal_implementation(q, k) == "cudnn":
         return causal_attention(q, k, v)
     lengths = jax.numpy.zeros((q.shape[0],), jax.numpy.int32)
     return attend(q, LayerKV(k=k, v=v), lengths, mask, impl=impl)

@@ -66,10 +66,22 @@ def test_ragged_prefill_matches_unpadded(llama):
         np.testing.assert_allclose(batched[b, :n], alone[0], atol=2e-5)
 
 
-def test_causal_prefill_path_equals_the_masked_one(llama):
-    """A prefill whose region is `Region.causal` takes the causal flash path (cuDNN on a GPU);
-    the same mask without the flag goes through the tree kernel's masked path: same outputs
-    and cache. The flag is static (part of the jit key), and replacing the mask must reset it."""
+def test_causal_prefill_path_equals_the_masked_one(llama, monkeypatch):
+    """A prefill whose region is `Region.causal` takes the causal flash path where cuDNN runs
+    (faked here: causal_implementation says "cudnn", and causal_attention falls back to XLA on
+    the CPU); the same mask without the flag goes through the masked path: same outputs and
+    cache. The flag is static (part of the jit key), and replacing the mask must reset it."""
+    from specdec import attention
+
+    calls = []
+
+    def spy(q, k, v):
+        calls.append(q.shape)
+        return causal_attention(q, k, v)
+
+    causal_attention = attention.causal_attention
+    monkeypatch.setattr(attention, "causal_implementation", lambda q, k: "cudnn")
+    monkeypatch.setattr(attention, "causal_attention", spy)
     module, cfg = llama.module(), llama.config
     tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, cfg.vocab_size)
     cache = KVCache.create(cfg.num_layers, 2, 16, cfg.num_kv_heads, cfg.head_dim, jnp.float32)
@@ -83,6 +95,9 @@ def test_causal_prefill_path_equals_the_masked_one(llama):
         out = module(tokens, _positions(2, 0, 9), cache, region, prefix=False)
         return out.hidden, out.cache.read(0).k
 
-    (h_fast, k_fast), (h_mask, k_mask) = run(causal), run(masked)
+    h_mask, k_mask = run(masked)
+    assert not calls
+    h_fast, k_fast = run(causal)
+    assert len(calls) == cfg.num_layers
     np.testing.assert_allclose(h_fast, h_mask, atol=2e-5)
     np.testing.assert_array_equal(k_fast, k_mask)
