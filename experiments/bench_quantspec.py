@@ -45,7 +45,7 @@ import numpy as np
 
 import specdec
 from drafters import QuantSpec
-from experiments.bench_tree_attention import Timer
+from experiments.bench_tree_attention import Timer, rotation_count
 from experiments.ceilings import H200_BYTES_PER_S
 from kernels_pallas import tree_attention
 from kernels_pallas.quant_attention import quant_attention
@@ -168,7 +168,7 @@ def decode_rows(model, prompts, max_new, mode, on_row, deadline) -> None:
     (prefill included) is reported beside it."""
 
     def run(**kw):
-        """(full, half, compile seconds): outputs whose wall_seconds are medians of `repeats`."""
+        """(full, half, compile seconds): outputs whose wall_seconds are medians of 3 runs."""
         first = specdec.generate(model, prompts, max_new_tokens=max_new, **kw)  # compiles
         specdec.generate(model, prompts, max_new_tokens=max_new // 2, **kw)  # warm (host side)
         outs = []
@@ -256,14 +256,15 @@ def random_view(key, batch, slots, kv_heads, head_dim, mode: QuantKV, upper_only
     )
 
 
-L2_BYTES = 60 * 2**20  # H200 (50 MiB on an H100): inputs rotate so a pass overflows it 3 times
+H200_L2_BYTES = 60 * 2**20  # bench_tree_attention's default is the H100's 50 MiB
 
 
-def rotated(make, set_bytes: int, max_sets: int = 16) -> list:
-    """Input sets for timing: as many as a pass needs to overflow L2 three times (at least 1),
-    so the timed kernel reads HBM and not the cache the previous call filled."""
-    count = int(min(max_sets, max(1, -(-3 * L2_BYTES // max(set_bytes, 1)))))
-    return [make(i) for i in range(count)]
+def rotated(make, size) -> list:
+    """Input sets make(0), make(1), ... for timing, as many as rotation_count asks for the bytes
+    size(make(0)) of one set (so the timed kernel reads HBM, not what the last call cached)."""
+    first = make(0)
+    count = rotation_count(size(first), l2_bytes=H200_L2_BYTES, max_sets=16)
+    return [first] + [make(i) for i in range(1, count)]
 
 
 def kernel_rows(shapes, heads, impl: str, peak: float, on_row, deadline, timer) -> None:
@@ -304,7 +305,7 @@ def kernel_row(slots, batch, block, heads, impl: str, peak: float, timer) -> dic
         return (q, k, v, jnp.full((batch,), slots - block, jnp.int32), region)
 
     bf16 = jax.jit(lambda q, k, v, n, r: tree_attention(q, k, v, n, r, implementation=impl))
-    sets = rotated(dense, bytes_bf16)
+    sets = rotated(dense, lambda _: bytes_bf16)
     t = timer(bf16, sets)
     del sets
     row = {
@@ -339,7 +340,7 @@ def quant_sets(key, q, region, shape, mode: QuantKV, view: str) -> list:
         v = random_view(k, batch, slots, kv_heads, head_dim, mode, upper_only=view == "int4")
         return (q, v, v.base + mode.recent_tokens + 1, region)
 
-    return rotated(make, view_bytes(make(0)[1]))
+    return rotated(make, lambda inputs: view_bytes(inputs[1]))
 
 
 def tuning_rows(

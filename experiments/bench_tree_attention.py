@@ -230,9 +230,15 @@ def relative_error(out, ref):
     return float(jnp.linalg.norm(diff) / jnp.linalg.norm(ref))
 
 
+def rotation_count(set_bytes: int, *, l2_bytes: int = L2_BYTES, max_sets: int = 8) -> int:
+    """Input sets to rotate through so that one pass over them overflows L2 three times (at
+    least 1, at most max_sets): the timed call then reads HBM, not what the last call cached."""
+    return int(min(max_sets, max(1, math.ceil(3 * l2_bytes / max(set_bytes, 1)))))
+
+
 def input_sets(problem):
     kv_bytes = 2 * problem.batch * problem.slots * NUM_KV_HEADS * HEAD_DIM * 2
-    count = int(min(8, max(1, math.ceil(3 * L2_BYTES / kv_bytes))))
+    count = rotation_count(kv_bytes)
     sets = []
     for i in range(count):
         q, k, v, lengths, region = make_inputs(problem, seed=i)

@@ -277,8 +277,9 @@ def _byte_operands(hi: jax.Array, lo: jax.Array, dtype) -> tuple[jax.Array, jax.
     c_b = (hi & 0xF0) | (lo >> 4)  # channels [H/2, H)
     if jnp.dtype(dtype) == jnp.float32:
         return c_a.astype(dtype), c_b.astype(dtype), 0.0
-    as_float = lambda c: lax.bitcast_convert_type(c.astype(jnp.uint16) | 0x6400, jnp.float16)
-    return as_float(c_a), as_float(c_b), 1024.0
+    bits, offset = _NIBBLE_MAGIC[jnp.dtype(jnp.float16)]  # 1024 + c is exact for c < 1024
+    as_float = lambda c: lax.bitcast_convert_type(c.astype(jnp.uint16) | bits, jnp.float16)
+    return as_float(c_a), as_float(c_b), offset
 
 
 def _nibble_operands(packed: jax.Array, dtype) -> tuple[jax.Array, jax.Array, float]:

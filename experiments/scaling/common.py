@@ -352,7 +352,7 @@ def eagle_drafter(pair: Pair, args: argparse.Namespace, version: int = 3):
     --work/eagle<version> and reused by later runs)."""
     from drafters import Eagle
 
-    given = args.eagle if version == 3 else getattr(args, "eagle1", None)
+    given = args.eagle if version == 3 else args.eagle1
     saved = Path(args.work) / f"eagle{version}"
     if given or (not args.smoke and (saved / "config.json").is_file()):
         path = given or saved

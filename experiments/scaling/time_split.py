@@ -141,22 +141,14 @@ def split_one(target, drafter, policy, ids, args, timer=None, **options) -> dict
     tree, cache, reuse = draft(net, drafter, state, params, key)
     logits, cache = forward(net, tree, cache, reuse)
     verdict = walk(tree, logits, params, key)
-    seconds = {
-        "draft": _median_seconds(draft, (net, drafter, state, params, key), args.repeats),
-        "verify_forward": _median_seconds(forward, (net, tree, cache, reuse), args.repeats),
-        "verify_walk": _median_seconds(walk, (tree, logits, params, key), args.repeats),
-        "commit": _median_seconds(commit, (state, tree, verdict, cache), args.repeats),
+    calls = {  # part -> (jitted function, its arguments)
+        "draft": (draft, (net, drafter, state, params, key)),
+        "verify_forward": (forward, (net, tree, cache, reuse)),
+        "verify_walk": (walk, (tree, logits, params, key)),
+        "commit": (commit, (state, tree, verdict, cache)),
     }
-    device = device_times(
-        timer,
-        {
-            "fused_step": (one, (*step_args, state)),
-            "draft": (draft, (net, drafter, state, params, key)),
-            "verify_forward": (forward, (net, tree, cache, reuse)),
-            "verify_walk": (walk, (tree, logits, params, key)),
-            "commit": (commit, (state, tree, verdict, cache)),
-        },
-    )
+    seconds = {part: _median_seconds(fn, a, args.repeats) for part, (fn, a) in calls.items()}
+    device = device_times(timer, {"fused_step": (one, (*step_args, state)), **calls})
     extra = {}
     if device:
         extra = {
