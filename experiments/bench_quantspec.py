@@ -19,13 +19,14 @@ results rewritten to $OUT/quantspec.json and $OUT/quantspec.md after every row:
   (decode or quality asks for a trained target: tokenizer + ShareGPT token streams, multi-turn
   conversations concatenated and packed into windows of --context tokens, >= 4096 on GPU; the
   `small` target trained at that context for what the deadline leaves, bf16 export)
-  decode   prompts of 2k-4k tokens cut from the held-out stream (multi-turn conversations), batch
-           8, 1, then 32 while time is left, greedy, EOS off (every row emits max_new tokens per
-           sequence): plain bf16 cache, plain INT8 cache, QuantSpec + Chain(5) on the INT8
-           cache; acceptance per drafted token, greedy equality with plain INT8, and speed over
-           plain bf16 from the difference of runs with 128 and 64 new tokens (medians of 3), so
-           prefill cancels (the H200's second run timed whole calls, and at B = 8 a call was
-           ~1.47 s in every mode: prefill); whole-call speed beside it
+  decode   prompts cut from the held-out stream (multi-turn conversations): 2k-4k tokens at
+           batch 8, then 1, then ~16k and ~32k at batch 8 (beyond the trained context: speed,
+           not acceptance, is their point) while time is left; greedy, EOS off (every row emits
+           max_new tokens per sequence): plain bf16 cache, plain INT8 cache, QuantSpec +
+           Chain(5) on the INT8 cache; acceptance per drafted token, greedy equality with plain
+           INT8, and speed over plain bf16 from the difference of runs with 128 and 64 new tokens
+           (medians of 3), so prefill cancels (the H200's second run timed whole calls, and at
+           B = 8 a call was ~1.47 s in every mode: prefill); whole-call speed beside it
   quality  the quantised cache against the bf16 cache on held-out windows: a prefix of 2048
            tokens, then the next tokens teacher-forced in blocks no longer than `recent` + 1
            (exactly plain decoding's reads): perplexity and top-1 agreement of INT8 (and INT4)
@@ -160,15 +161,17 @@ def quality(model: specdec.Model, windows: np.ndarray, prompt: int, mode: QuantK
 # ---- 4. decoding ----
 
 
-def decode_rows(model, prompts, max_new, mode, on_row, deadline) -> None:
+def decode_rows(model, prompts, max_new, mode, on_row, deadline, **generate_kw) -> None:
     """plain bf16 / plain INT8 / QuantSpec INT8 rows for one batch of prompts, EOS off: every
     sequence emits max_new tokens, so rows time the same work. Decoding speed is the difference
     of two runs (max_new and max_new // 2 new tokens; prefill and compile cancel), since at 2k-4k
     prompt tokens a prefill can outweigh 128 decode steps of a small target; whole-call speed
-    (prefill included) is reported beside it."""
+    (prefill included) is reported beside it. `generate_kw` goes to every call (prompts longer
+    than the trained context pass allow_beyond_max_position=True)."""
 
     def run(**kw):
         """(full, half, compile seconds): outputs whose wall_seconds are medians of 3 runs."""
+        kw = {**generate_kw, **kw}
         first = specdec.generate(model, prompts, max_new_tokens=max_new, **kw)  # compiles
         specdec.generate(model, prompts, max_new_tokens=max_new // 2, **kw)  # warm (host side)
         outs = []
@@ -490,7 +493,8 @@ def main(argv: list[str] | None = None) -> None:
     if smoke:
         cfg = smoke_config().replace(seq_len=context)
         mode = QuantKV(group=32, recent=32)
-        prompt_lens, batches, max_new = (96, 160), (1, 4), 24
+        # (batch, (shortest, longest prompt)): the last beyond the 256-token training context
+        points, max_new = [(1, (96, 160)), (4, (96, 160)), (2, (300, 400))], 24
         kernel_shapes, heads, impl = [(1024, 1, 1), (1024, 2, 16)], (4, 2, 128), "xla"
         tuning_shapes, tuning_kw = [(1024, 1, 1)], dict(interpret=True, max_tilings=1)
     else:
@@ -501,11 +505,14 @@ def main(argv: list[str] | None = None) -> None:
             model=dict(max_position_embeddings=2 * context),
         )
         mode = QuantKV()
-        # Batch 8 first (the issue's speedup target), then 1; 32 if time is left: the `small`
-        # target's step reads ~0.6 GB at batch 8 and 4k tokens (~0.13 ms at the ceiling) but costs
-        # ~0.5 ms of launches even at short context, so the KV bytes QuantSpec saves show only at
-        # larger batch x context.
-        prompt_lens, batches, max_new = (2048, 3968), (8, 1, 32), 128  # within the trained 4096
+        # (batch, (shortest, longest prompt)), in order while time is left: batch 8 at 2k-4k
+        # first (the issue's speedup target), then 1; then 16k and 32k at batch 8, where the
+        # cache (1.6 / 3.2 GB a step in bf16), not the ~0.5 ms of launches that the `small`
+        # target's step costs at any context, is what a step reads: when QuantSpec pays. Those
+        # prompts are beyond the trained 4096 tokens (RoPE extrapolates): their speeds count,
+        # their acceptance is marked as out of the training context.
+        points = [(8, (2048, 3968)), (1, (2048, 3968)), (8, (15360, 16256)), (8, (31744, 32640))]
+        max_new = 128
         kernel_shapes = [(s, b, t) for s in (8192, 32768, 65536) for b in (1, 8) for t in (1, 16)]
         heads, impl = (32, 8, 128), "pallas"
         tuning_shapes, tuning_kw = [(32768, 1, 1), (32768, 8, 1)], {}
@@ -540,10 +547,10 @@ def main(argv: list[str] | None = None) -> None:
     report.data["phases"]["data"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
-    # 240 s on the GPU, less if the kernels ran long: after it, decoding needs ~200 s (batches 8
-    # and 1, three compiled loops each at 2k-4k tokens; the H200's first run spent 67 s on batch
-    # 1's first two; batch 32 only with time left) and quality ~125 s.
-    after = (200.0 if "decode" in args.phases else 0.0) + (
+    # 240 s on the GPU, less if the kernels ran long: after it, decoding needs ~260 s (three
+    # compiled loops per point; the H200's second run spent 177 s on batches 8 and 1 at 2k-4k;
+    # the long-context points only with time left) and quality ~125 s.
+    after = (260.0 if "decode" in args.phases else 0.0) + (
         125.0 if "quality" in args.phases else 0.0
     )
     left = deadline - time.perf_counter()
@@ -578,7 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     report.write()
 
     heldout = np.asarray(data.heldout, np.int32)
-    n_win, quality_prompt = (2, prompt_lens[0]) if smoke else (8, 2048)
+    n_win, quality_prompt = (2, points[0][1][0]) if smoke else (8, 2048)
     extra = 64 if smoke else 512
     windows = np.stack(
         [heldout[i * (quality_prompt + extra) :][: quality_prompt + extra] for i in range(n_win)]
@@ -592,15 +599,20 @@ def main(argv: list[str] | None = None) -> None:
 
     def decode_phase():
         rng = np.random.default_rng(0)
-        for batch in batches:
+        for batch, (shortest, longest) in points:
             if time.perf_counter() > deadline - 60:
                 break
-            starts = rng.integers(0, len(heldout) - prompt_lens[1] - 1, batch)
-            lens = rng.integers(prompt_lens[0], prompt_lens[1] + 1, batch)
+            if longest > len(heldout) - 1:
+                raise ValueError(f"prompts of {longest} tokens need a longer held-out stream")
+            starts = rng.integers(0, len(heldout) - longest - 1, batch)
+            lens = rng.integers(shortest, longest + 1, batch)
             prompts = [heldout[s : s + n].tolist() for s, n in zip(starts, lens, strict=True)]
-            on_row = lambda r: report.add("decode", r)
+            beyond = longest + max_new > c.max_position_embeddings
+            trained = longest <= context
+            on_row = lambda r, t=trained: report.add("decode", {**r, "within_trained_context": t})
+            kw = dict(allow_beyond_max_position=True) if beyond else {}
             try:
-                decode_rows(models[0], prompts, max_new, mode, on_row, deadline - 60)
+                decode_rows(models[0], prompts, max_new, mode, on_row, deadline - 60, **kw)
             except Exception as err:  # e.g. a kernel that does not compile: note it, use XLA
                 note = f"batch {batch} with attention={models[0].attention!r}: {err!r}"[:2000]
                 report.data.setdefault("errors", {})[f"decode B{batch}"] = note
@@ -608,7 +620,7 @@ def main(argv: list[str] | None = None) -> None:
                 if models[0].attention == "xla":
                     raise
                 models[0] = specdec.load(target_dir, dtype=dtype, attention="xla")
-                decode_rows(models[0], prompts, max_new, mode, on_row, deadline - 60)
+                decode_rows(models[0], prompts, max_new, mode, on_row, deadline - 60, **kw)
 
     if "decode" in args.phases:
         run_phase(report, "decode", decode_phase)
