@@ -171,3 +171,23 @@ def test_time_split_records_device_times_when_cupti_is_there():
     assert with_device["kernels"] == dict.fromkeys(names, 7)
     host_only = time_split.split_one(pair.target, QuantSpec(), Chain(2), ids, args, **options)
     assert "device_ms" not in host_only and set(host_only["seconds"]) == set(time_split.PARTS)
+
+
+def test_a_saved_heads_training_record_reaches_the_caption(tmp_path):
+    """A head saved with its training record (steps) brings it back when loaded, and the figure
+    caption shows the steps of a head whose record has no token count (a cut training shows)."""
+    from experiments.scaling import common
+
+    assert common.load_training_record(tmp_path) == {}
+    common.save_training_record(tmp_path, {"steps": np.int64(21), "wall_seconds": 10.0})
+    record = common.load_training_record(tmp_path)
+    assert record == {"steps": 21, "wall_seconds": 10.0}
+    meta = {
+        "models": {"target": {"params": 1e8, "train_tokens": 4e7}},
+        "drafters": {"EAGLE-1": {"head_params": 7.5e6, "version": 1, **record}},
+        "data": "ShareGPT",
+        "hardware": {"devices": 1, "device": "NVIDIA H200", "platform": "gpu"},
+    }
+    caption = common.caption(meta, batch=16)
+    assert "EAGLE-1 head 7.5M params, 21 training steps" in caption
+    assert "target 100M params, trained on 40M tokens" in caption

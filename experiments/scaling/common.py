@@ -199,6 +199,8 @@ def caption(meta: dict, **settings) -> str:
 
     def model(name: str, m: dict) -> str:
         tokens = f", trained on {count(m['train_tokens'])} tokens" if "train_tokens" in m else ""
+        if not tokens and "steps" in m:
+            tokens = f", {m['steps']} training steps"
         return f"{name} {count(m['params'])} params{tokens}"
 
     models = meta["models"]
@@ -346,10 +348,26 @@ def train_draft_model(pair: Pair, cfg, work: Path, *, time_budget_s: float | Non
     return model, describe_model(model, out)
 
 
+TRAINING_RECORD = "training.json"  # beside a saved head: how it was trained (steps, tokens, ...)
+
+
+def save_training_record(directory: str | os.PathLike, record: dict) -> None:
+    """Write how a saved drafter was trained next to it, for the runs that load it later."""
+    path = Path(directory) / TRAINING_RECORD
+    path.write_text(json.dumps(record, indent=2, default=_plain) + "\n")
+
+
+def load_training_record(directory: str | os.PathLike) -> dict:
+    """The record `save_training_record` wrote, or {} for a head saved without one."""
+    path = Path(directory) / TRAINING_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def eagle_drafter(pair: Pair, args: argparse.Namespace, version: int = 3):
     """(Eagle, record): --eagle DIR (EAGLE-3) or --eagle1 DIR (EAGLE-1) if given, else a head of
     that version trained here (smoke: a few micro steps; GPU: --eagle-budget-s, saved to
-    --work/eagle<version> and reused by later runs)."""
+    --work/eagle<version> and reused by later runs). A loaded head's record carries its
+    training record (steps, tokens; `save_training_record`) when one was saved with it."""
     from drafters import Eagle
 
     given = args.eagle if version == 3 else args.eagle1
@@ -360,7 +378,8 @@ def eagle_drafter(pair: Pair, args: argparse.Namespace, version: int = 3):
         if head.version != version:
             raise SystemExit(f"{path} holds an EAGLE-{head.version} head, not EAGLE-{version}")
         params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(head.head.params))
-        return head, {"dir": str(path), "version": head.version, "head_params": params}
+        record = {"dir": str(path), "version": head.version, "head_params": params}
+        return head, record | load_training_record(path)
     cfg = default_eagle_config(args.smoke, version=version)
     drafter, record = train_eagle(
         pair,
@@ -370,6 +389,7 @@ def eagle_drafter(pair: Pair, args: argparse.Namespace, version: int = 3):
     )
     if not args.smoke:
         drafter.save(saved)
+        save_training_record(saved, record)
     return drafter, record
 
 
