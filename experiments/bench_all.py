@@ -1069,7 +1069,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=os.environ.get("OUT"), help="bench_all.md/.json go here")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, any backend")
     p.add_argument("--deadline-s", type=float, help="wall-clock end of the whole run")
-    p.add_argument("--sections", default="", help="comma-separated subset of the sections")
+    p.add_argument(
+        "--sections", nargs="*", default=[], help="a subset of the sections (commas or spaces)"
+    )
     p.add_argument("--no-torch", action="store_true", help="skip the torch / HF parts")
     p.add_argument(
         "--bandwidth", type=float, help="bytes/s ceiling to use instead of measuring ceilings"
@@ -1107,7 +1109,10 @@ def main(argv: list[str] | None = None) -> None:
         bandwidth=args.bandwidth,
         peak=None,
     )
-    wanted = set(args.sections.split(",")) if args.sections else None
+    wanted = {name for arg in args.sections for name in arg.split(",") if name} or None
+    unknown = (wanted or set()) - {name for name, *_ in SECTIONS}
+    if unknown:
+        raise SystemExit(f"unknown --sections {sorted(unknown)}; known: {[s[0] for s in SECTIONS]}")
     needs = {"speculation": ["small"], "hf_small": ["pair"], "hf_8b": ["big"]}
     for name, budget, needs_torch in SECTIONS:
         if name == "ceilings" and args.bandwidth is not None:
