@@ -142,8 +142,9 @@ def test_a_policy_run_becomes_the_budget_notebooks_gpu_result(tmp_path):
 
 
 def test_time_split_records_device_times_when_cupti_is_there():
-    """With a (fake) CUPTI timer each part and the fused step get a device time and a kernel
-    count; without one (a CPU) only host times are recorded."""
+    """With a (fake) CUPTI timer each part and the fused step get a device time, a kernel count
+    and the kernels grouped by name (most time first); without one (a CPU) only host times are
+    recorded."""
     import argparse
 
     import jax
@@ -157,7 +158,8 @@ def test_time_split_records_device_times_when_cupti_is_there():
 
         def __call__(self, fn, arg_sets):
             jax.block_until_ready(fn(*arg_sets[0]))
-            return {"ms": 0.25, "kernels": 7}
+            breakdown = [("gemm", 0.01), ("fusion", 0.02), ("gemm", 0.03)]
+            return {"ms": 0.25, "kernels": 7, "breakdown": breakdown}
 
     pair = common.tiny_pair()
     ids = common.prompts(pair.target.tokenizer, 2)
@@ -169,6 +171,11 @@ def test_time_split_records_device_times_when_cupti_is_there():
     names = {"fused_step", *time_split.PARTS}
     assert with_device["device_ms"] == dict.fromkeys(names, 0.25)
     assert with_device["kernels"] == dict.fromkeys(names, 7)
+    grouped = [
+        {"name": "gemm", "launches": 2, "us": 40.0},
+        {"name": "fusion", "launches": 1, "us": 20.0},
+    ]
+    assert with_device["kernels_by_name"] == dict.fromkeys(names, grouped)
     host_only = time_split.split_one(pair.target, QuantSpec(), Chain(2), ids, args, **options)
     assert "device_ms" not in host_only and set(host_only["seconds"]) == set(time_split.PARTS)
 

@@ -43,7 +43,7 @@ from experiments.bench_tree_attention import Timer, measure_ceilings
 from experiments.scaling import common
 from specdec.contract import DraftContext
 from specdec.engine.generate import prepare
-from specdec.engine.loop import initial_state, step, verify_forward
+from specdec.engine.loop import commit_path, initial_state, step, verify_forward, walk_options
 from specdec.verify import verify
 from train.trainer import device_peak_flops
 from trees import Chain, Static
@@ -87,12 +87,12 @@ def _parts(policy):
         hidden, cache, _ = verify_forward(module, tree, cache, reuse, taps)
         return module.logits(hidden), cache
 
-    def walk(tree, logits, params, key):
-        return verify(tree, logits, params, key)
+    def walk(tree, logits, params, key):  # with the loop's options: chains walk without a loop
+        return verify(tree, logits, params, key, **walk_options(policy))
 
-    def commit(s, tree, verdict, cache):
+    def commit(s, tree, verdict, cache):  # as the loop commits: a chain's K/V stays in place
         count = verdict.num_accepted + 1
-        cache = cache.commit(verdict.path, count)
+        cache = commit_path(cache, tree, verdict, count, policy)
         offsets = jnp.arange(tree.num_nodes)[None, :]
         dest = jnp.where(
             offsets < count[:, None], s.hist_len[:, None] + offsets, s.history.shape[1]
@@ -105,15 +105,27 @@ def _parts(policy):
 
 
 def device_times(timer, calls: dict) -> dict:
-    """{name: (median device ms, kernels per call)} of jitted calls {name: (fn, args)}, or {}
-    without CUPTI (a CPU: the host times above are all there is)."""
+    """{name: (median device ms, kernels per call, kernels by name)} of jitted calls
+    {name: (fn, args)}, or {} without CUPTI (a CPU: the host times above are all there is)."""
     if timer is None or timer.method != "cupti":
         return {}
     out = {}
     for name, (fn, fn_args) in calls.items():
         t = timer(fn, [fn_args])
-        out[name] = (t["ms"], t.get("kernels"))
+        out[name] = (t["ms"], t.get("kernels"), kernels_by_name(t.get("breakdown", [])))
     return out
+
+
+def kernels_by_name(breakdown: list, top: int = 20) -> list[dict]:
+    """A call's kernels [(name, ms)] grouped by name: launches and device microseconds of the
+    `top` names by time, so a step's kernel count can be traced to the ops that launch them."""
+    totals: dict[str, list[float]] = {}
+    for name, ms in breakdown:
+        entry = totals.setdefault(name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += 1e3 * ms
+    rows = [{"name": n, "launches": c, "us": round(us, 2)} for n, (c, us) in totals.items()]
+    return sorted(rows, key=lambda r: -r["us"])[:top]
 
 
 def split_one(target, drafter, policy, ids, args, timer=None, **options) -> dict:
@@ -153,8 +165,9 @@ def split_one(target, drafter, policy, ids, args, timer=None, **options) -> dict
     extra = {}
     if device:
         extra = {
-            "device_ms": {k: ms for k, (ms, _) in device.items()},
-            "kernels": {k: n for k, (_, n) in device.items()},
+            "device_ms": {k: ms for k, (ms, _, _) in device.items()},
+            "kernels": {k: n for k, (_, n, _) in device.items()},
+            "kernels_by_name": {k: names for k, (_, _, names) in device.items()},
         }
     return {
         **extra,

@@ -34,7 +34,7 @@ from specdec.model import Transformer
 from specdec.models import Net
 from specdec.sampling import SamplingParams, probabilities, sample
 from specdec.tree import ChildKind, DraftTree, root_only
-from specdec.verify import verify
+from specdec.verify import Verdict, verify
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +187,30 @@ def prefill(
     return out.cache, drafter_state, first
 
 
+def walk_options(policy: Policy | None) -> dict:
+    """verify's static options for `policy`'s trees: paths (one leaf) and trees of point-mass
+    children are verified without a loop, trees with a known bound on children in that many
+    rounds over all nodes."""
+    return dict(
+        path_only=policy is not None and policy.max_leaves == 1,
+        point_masses=policy is not None and policy.child_kind == ChildKind.DETERMINISTIC,
+        max_children=None if policy is None else policy.max_children,
+    )
+
+
+def commit_path(
+    cache: Cache, tree: DraftTree, verdict: Verdict, count: jax.Array, policy: Policy | None
+) -> Cache:
+    """The cache with the first count[b] nodes of each accepted path appended to its prefix. A
+    path (plain decoding's root-only tree, a chain: one leaf) accepts nodes 0..n, whose K/V
+    already sit in region slots 0..n: the lengths advance and nothing moves. Other trees move
+    the accepted nodes' K/V next to the prefix (a gather + scatter per layer and buffer)."""
+    if tree.num_nodes == 1 or walk_options(policy)["path_only"]:
+        return cache.advance(count)
+    # an accepted path has at most max_depth + 1 nodes: move only that many slots
+    return cache.commit(verdict.path[:, : policy.max_depth + 1], count)
+
+
 def step(
     target: Net,
     drafter: Drafter | None,
@@ -233,19 +257,7 @@ def step(
         hidden, cache, tapped = verify_forward(module, tree, cache, reuse, taps)
         logits = module.logits(hidden)  # [B, T, V] float32
     with jax.named_scope("verify_walk"):
-        # Paths (one leaf) and trees of point-mass children are verified without a loop, trees
-        # with a known bound on children in that many rounds over all nodes.
-        path_only = policy is not None and policy.max_leaves == 1
-        point_masses = policy is not None and policy.child_kind == ChildKind.DETERMINISTIC
-        verdict = verify(
-            tree,
-            logits,
-            params,
-            verify_key,
-            path_only=path_only,
-            point_masses=point_masses,
-            max_children=None if policy is None else policy.max_children,
-        )
+        verdict = verify(tree, logits, params, verify_key, **walk_options(policy))
 
     with jax.named_scope("commit"):
         active = ~s.done
@@ -259,15 +271,7 @@ def step(
         count = jnp.where(active, jnp.minimum(count, max_new - s.num_generated), 0)
         # The cache keeps the root and the emitted drafts; the last emitted token is the next
         # root. So exactly `count` path nodes are committed and lengths stays hist_len - 1.
-        # A path (plain decoding's root-only tree, a chain: one leaf) accepts nodes 0..n, whose
-        # K/V already sit in region slots 0..n: the lengths advance and nothing moves. Other
-        # trees move the accepted nodes' K/V next to the prefix (a gather + scatter per layer
-        # and buffer, every step).
-        in_place = tree.num_nodes == 1 or path_only
-        if in_place:
-            cache = cache.advance(count)
-        else:  # an accepted path has at most max_depth + 1 nodes: move only that many slots
-            cache = cache.commit(verdict.path[:, : policy.max_depth + 1], count)
+        cache = commit_path(cache, tree, verdict, count, policy)
         dest = jnp.where(
             offsets < count[:, None], s.hist_len[:, None] + offsets, s.history.shape[1]
         )
