@@ -23,6 +23,8 @@ result = common.notebook_result({module})
 meta, rows = result["meta"], result["rows"]
 kind = "SMOKE (tiny CPU models: checks the code, says nothing about scaling)"
 print(result["path"], "-", kind if result["smoke"] else "GPU result", "-", len(rows), "rows")
+if meta.get("annotation"):  # what was learnt about the run after it (kept in the result file)
+    print("annotation:", meta["annotation"])
 """
 
 NOTEBOOKS = {
@@ -40,10 +42,11 @@ target at the same temperature in the same run. The policies and how each is siz
     make experiments-smoke                                                  # CPU smoke
     PYTHONPATH=. python -m experiments.scaling.budget --out-dir $OUT       # GPU
 
-On the H200 the rows come from `experiments/gpu_speculation.py --phases policies`
-(`python -m experiments.scaling.budget --from-policy-run SPEC_JSON [policies_eagle3]`): solid
-lines are the trained pair's DraftModel, dashed ones an EAGLE-3 head, from a second run with its
-own target (the captions of each part are printed below the figure).
+On the H200, solid lines are this script's own run (the `small` pair it trains, DraftModel
+drafts; T = 0 and T = 1 in two calls, see the result's `meta.run`); dashed ones are an EAGLE-3
+head from `experiments/gpu_speculation.py --phases policies` (converted with
+`python -m experiments.scaling.budget --from-policy-run SPEC_JSON policies_eagle3`), a second run
+with its own target (the captions of each part are printed below the figure).
 """,
         """\
 temps = sorted({r["temperature"] for r in rows})
