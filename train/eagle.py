@@ -56,6 +56,7 @@ from train.eagle_data import (
     chat_ids,
     draft_vocabulary,
     draft_vocabulary_size,
+    predicted_counts,
     regenerate_documents,
 )
 from train.eagle_steps import LossSpec, eagle_terms, run_target
@@ -144,15 +145,23 @@ def build_data(
     ids: dict[str, int] | None,
     cfg: EagleConfig,
     vocab_size: int,
+    *,
+    vocabulary_counts: np.ndarray | None = None,
 ) -> EagleData:
+    """Masks and the draft vocabulary of a train / held-out stream pair. The EAGLE-3 draft
+    vocabulary ranks the ids predicted in `train`, plus `vocabulary_counts` [V] if given (the
+    original corpus's, when `train` is regenerated: see `load_data`)."""
     train_mask, heldout_mask = assistant_mask(train, ids), assistant_mask(heldout, ids)
     if cfg.version == 1:
         draft_ids = np.arange(vocab_size, dtype=np.int32)
     else:
+        counts = predicted_counts(train, train_mask, vocab_size)  # [V]
+        if vocabulary_counts is not None:
+            counts = counts + np.asarray(vocabulary_counts)
         size = cfg.draft_vocab or draft_vocabulary_size(
-            train, train_mask, vocab_size, cfg.draft_vocab_coverage, DEFAULT_DRAFT_VOCAB
+            counts, cfg.draft_vocab_coverage, DEFAULT_DRAFT_VOCAB
         )
-        draft_ids = draft_vocabulary(train, train_mask, vocab_size, size)
+        draft_ids = draft_vocabulary(counts, size)
     return EagleData(train, train_mask, heldout, heldout_mask, draft_ids, ids is not None)
 
 
@@ -169,9 +178,12 @@ def load_data(
     regen_batch_tokens: int = 65_536,
     progress: bool = True,
 ) -> EagleData:
-    """Tokenized splits (cached, train.tokens) of the target's tokenizer, optionally regenerated."""
+    """Tokenized splits (cached, train.tokens) of the target's tokenizer, optionally regenerated.
+    A regenerated corpus's draft vocabulary also counts the original train split's assistant
+    tokens: greedy responses use few ids (1,504 of 16,384 in the H200 run), and a vocabulary of
+    those alone can never draft what the target samples at T > 0."""
     ids = chat_ids(target_dir)
-    streams = {}
+    streams, vocabulary_counts = {}, None
     for split, records in (("train", cfg.train_records), ("heldout", cfg.heldout_records)):
         if regenerate_dir is None:
             streams[split] = token_stream(
@@ -190,7 +202,20 @@ def load_data(
                 batch_tokens=regen_batch_tokens,
                 progress=progress,
             )
-    return build_data(streams["train"], streams["heldout"], ids, cfg, target.config.vocab_size)
+    vocab_size = target.config.vocab_size
+    if regenerate_dir is not None and cfg.version != 1:
+        original = token_stream(
+            target_dir, "train", max_records=cfg.train_records, source=source, cache_dir=cache_dir
+        )
+        vocabulary_counts = predicted_counts(original, assistant_mask(original, ids), vocab_size)
+    return build_data(
+        streams["train"],
+        streams["heldout"],
+        ids,
+        cfg,
+        vocab_size,
+        vocabulary_counts=vocabulary_counts,
+    )
 
 
 def regenerated_stream(

@@ -51,15 +51,14 @@ def assistant_mask(stream: np.ndarray, ids: dict[str, int] | None) -> np.ndarray
     return opened.astype(np.uint8)
 
 
-def draft_vocabulary(
-    stream: np.ndarray, mask: np.ndarray, vocab_size: int, size: int
-) -> np.ndarray:
-    """int32 [size], ascending: the `size` target ids most often predicted at masked positions
-    (the tokens following them), ties to the lower id; unseen ids fill up in id order."""
+def draft_vocabulary(counts: np.ndarray, size: int) -> np.ndarray:
+    """int32 [size], ascending: the `size` target ids of highest counts [V] (`predicted_counts`:
+    how often each id is predicted at a masked position), ties to the lower id; unseen ids fill
+    up in id order."""
+    vocab_size = len(counts)
     if not 1 <= size <= vocab_size:
         raise ValueError(f"draft vocabulary {size=} must be in [1, {vocab_size}]")
-    counts = predicted_counts(stream, mask, vocab_size)
-    top = np.argsort(-counts, kind="stable")[:size]
+    top = np.argsort(-np.asarray(counts), kind="stable")[:size]
     return np.sort(top).astype(np.int32)
 
 
@@ -69,11 +68,9 @@ def predicted_counts(stream: np.ndarray, mask: np.ndarray, vocab_size: int) -> n
     return np.bincount(stream[1:][mask[:-1]], minlength=vocab_size)[:vocab_size]
 
 
-def draft_vocabulary_size(
-    stream: np.ndarray, mask: np.ndarray, vocab_size: int, coverage: float, cap: int
-) -> int:
-    """The smallest draft vocabulary whose ids (`draft_vocabulary`'s ranking) are at least
-    `coverage` of the tokens predicted at masked positions, at most min(cap, vocab_size).
+def draft_vocabulary_size(counts: np.ndarray, coverage: float, cap: int) -> int:
+    """The smallest draft vocabulary whose ids (`draft_vocabulary`'s ranking of counts [V]) are
+    at least `coverage` of the counted tokens, at most min(cap, V).
 
     A draft vocabulary bounds acceptance: at T = 0 a position whose target argmax lies outside
     it is never accepted. A fixed fraction of the vocabulary covers very differently: on ShareGPT
@@ -81,7 +78,8 @@ def draft_vocabulary_size(
     95%."""
     if not 0.0 < coverage <= 1.0:
         raise ValueError(f"draft vocabulary {coverage=} must be in (0, 1]")
-    counts = np.sort(predicted_counts(stream, mask, vocab_size))[::-1]
+    vocab_size = len(counts)
+    counts = np.sort(np.asarray(counts))[::-1]
     total = counts.sum()
     if total == 0:
         return max(1, min(cap, vocab_size))

@@ -27,6 +27,7 @@ from train.eagle_data import (
     chat_ids,
     draft_vocabulary,
     draft_vocabulary_size,
+    predicted_counts,
     regenerate_documents,
     regeneration_batches,
 )
@@ -142,24 +143,38 @@ def test_assistant_mask_marks_positions_that_predict_assistant_tokens():
 def test_draft_vocabulary_counts_predicted_assistant_tokens():
     # Predicted (masked) tokens: 7 x3, 9 x2, 8 x2, 6 x1; 40 appears only in user text.
     stream = np.array([1, 4, 40, 40, 40, 40, 2, 5, 7, 7, 9, 8, 2, 1, 5, 9, 7, 8, 6, 2])
-    mask = assistant_mask(stream, IDS)
-    np.testing.assert_array_equal(draft_vocabulary(stream, mask, 64, 3), [2, 7, 8])  # 2: <end> x2
-    np.testing.assert_array_equal(draft_vocabulary(stream, mask, 64, 4), [2, 7, 8, 9])
+    counts = predicted_counts(stream, assistant_mask(stream, IDS), 64)
+    np.testing.assert_array_equal(draft_vocabulary(counts, 3), [2, 7, 8])  # 2: <end> x2
+    np.testing.assert_array_equal(draft_vocabulary(counts, 4), [2, 7, 8, 9])
     # Unseen ids fill up in id order; all ones counts every token.
-    np.testing.assert_array_equal(draft_vocabulary(stream, mask, 64, 8), [0, 1, 2, 3, 6, 7, 8, 9])
-    assert 40 in draft_vocabulary(stream, np.ones_like(mask), 64, 2)
+    np.testing.assert_array_equal(draft_vocabulary(counts, 8), [0, 1, 2, 3, 6, 7, 8, 9])
+    every = predicted_counts(stream, np.ones_like(stream), 64)
+    assert 40 in draft_vocabulary(every, 2)
     with pytest.raises(ValueError, match="size=65"):
-        draft_vocabulary(stream, mask, 64, 65)
+        draft_vocabulary(counts, 65)
+
+
+def test_a_regenerated_corpus_keeps_the_original_corpus_ids_in_its_draft_vocabulary():
+    """build_data ranks the regenerated stream's predicted ids plus the given counts (load_data
+    passes the original corpus's): an id only the original text predicts stays draftable."""
+    regenerated = np.array([1, 4, 40, 2, 5, 7, 7, 7, 2])  # greedy text predicts 7 and <end>
+    text = np.array([1, 4, 40, 2, 5, 9, 9, 2])  # the original answer predicts 9 and <end>
+    original = predicted_counts(text, assistant_mask(text, IDS), 64)
+    cfg = EagleConfig(version=3, draft_vocab_coverage=1.0)
+    alone = build_data(regenerated, regenerated, IDS, cfg, 64)
+    union = build_data(regenerated, regenerated, IDS, cfg, 64, vocabulary_counts=original)
+    np.testing.assert_array_equal(alone.draft_ids, [2, 7])
+    assert 9 in union.draft_ids and 7 in union.draft_ids
 
 
 def test_draft_vocabulary_size_is_the_fewest_ids_reaching_the_coverage():
     # Predicted tokens (all positions count): 5 x5, 3 x3, 9 x1, 4 x1 = 10 tokens.
     stream = np.array([0, 5, 5, 5, 5, 5, 3, 3, 3, 9, 4])
-    mask = np.ones_like(stream)
-    size = lambda coverage, cap=64: draft_vocabulary_size(stream, mask, 64, coverage, cap)
+    counts = predicted_counts(stream, np.ones_like(stream), 64)
+    size = lambda coverage, cap=64: draft_vocabulary_size(counts, coverage, cap)
     assert [size(0.5), size(0.8), size(0.81), size(0.9), size(1.0)] == [1, 2, 3, 3, 4]
     assert size(1.0, cap=2) == 2  # the cap wins
-    top = draft_vocabulary(stream, mask, 64, size(0.8))  # the same ranking: 5 and 3
+    top = draft_vocabulary(counts, size(0.8))  # the same ranking: 5 and 3
     np.testing.assert_array_equal(top, [3, 5])
     with pytest.raises(ValueError, match="coverage=0"):
         size(0.0)
