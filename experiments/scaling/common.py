@@ -198,10 +198,10 @@ def caption(meta: dict, **settings) -> str:
         return f"{n:.0f}"
 
     def model(name: str, m: dict) -> str:
-        tokens = f", trained on {count(m['train_tokens'])} tokens" if "train_tokens" in m else ""
-        if not tokens and "steps" in m:
-            tokens = f", {m['steps']} training steps"
-        return f"{name} {count(m['params'])} params{tokens}"
+        trained = f", trained on {count(m['train_tokens'])} tokens" if "train_tokens" in m else ""
+        if not trained and "steps" in m:
+            trained = f", {m['steps']} training steps"
+        return f"{name} {count(m['params'])} params{trained}"
 
     models = meta["models"]
     hw = meta["hardware"]
