@@ -225,6 +225,15 @@ class Policy(abc.ABC):
         once (`specdec.verify`); without a bound, one candidate at a time."""
         return None
 
+    @property
+    def is_chain(self) -> bool:
+        """Whether every tree is one path numbered by depth (node d at depth d; no node has two
+        children): the loop then verifies it without a loop over candidates and commits the
+        accepted nodes' K/V where they already are. Default: max_children == 1 (a path numbered
+        parents first has node d at depth d). Not `max_leaves == 1`: that counts the nodes never
+        expanded, and a best-first tree (SpecExec) can end with one such node yet branch."""
+        return self.max_children == 1
+
     #: True when node i of the returned tree need not be the node the expander computed at
     #: index i (a policy that reranks a working tree, like EAGLE-2's Dynamic). Self-drafters keep
     #: per-node work by index (`VerifyReuse`, K/V in the target's tree region), so they cannot

@@ -65,6 +65,9 @@ def plain_eos(llama):
         (SpecExec(40, max_beams=8, max_branch_width=4, depth=6), "early_exit"),
         (SpecExec(40, max_beams=8, max_branch_width=4, depth=6), "ngram"),
         (StochasticBeam(3, 2), "eagle3"),
+        # Last round of one node but branching trees: once verified as paths (max_leaves == 1)
+        (SpecExec(8, max_beams=2, max_branch_width=2), "self"),
+        (SpecExec(8, max_beams=1, max_branch_width=4), "self"),
     ],
     ids=[
         "sequoia-poor",
@@ -76,6 +79,8 @@ def plain_eos(llama):
         "specexec-early-exit",
         "specexec-ngram",
         "rsds-eagle3",
+        "specexec8-2beams-self",
+        "specexec8-1beam-self",
     ],
 )
 def test_greedy_equals_plain(llama, tiny_draft, plain_eos, policy, drafter_name):
@@ -424,3 +429,25 @@ def test_max_depth_is_reachable_within_max_nodes(policy):
     # Drafters size per-step buffers by max_depth + 1 (the EAGLE head's catch-up, the commit):
     # a policy must not claim more depth than a tree of its max_nodes can have.
     assert 1 <= policy.max_depth <= policy.max_nodes - 1
+
+
+@pytest.mark.parametrize(
+    "policy,chain",
+    [
+        (Chain(4), True),
+        (Adaptive(4), True),
+        (StochasticBeam(1, 4), True),
+        (Sequoia(6, (0.8, 0.1)), True),
+        (Static(paths=((0,), (1,), (0, 0))), False),
+        (StochasticBeam(2, 3), False),
+        (SpecExec(8, max_beams=2, max_branch_width=2), False),  # last round of 1 node, branching
+        (SpecExec(4, max_beams=1, max_branch_width=8), False),
+    ],
+)
+def test_only_chains_are_walked_and_committed_as_paths(policy, chain):
+    """The loop's path walk and in-place commit (walk_options, commit_path) are for trees that
+    are one path numbered by depth, not for trees with one never-expanded node (max_leaves)."""
+    from specdec.engine.loop import walk_options
+
+    assert policy.is_chain == chain
+    assert walk_options(policy)["path_only"] == chain

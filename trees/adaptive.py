@@ -114,6 +114,10 @@ class Adaptive(Policy):
     def max_leaves(self) -> int:
         return 1
 
+    @property
+    def max_children(self) -> int:
+        return 1  # a chain
+
     def bind(self, drafter, target_config) -> "Adaptive":
         """Take the drafter's cost estimate when the caller gave no `draft_cost`."""
         if self.draft_cost is not None or self.method != "thompson":

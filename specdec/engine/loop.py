@@ -188,11 +188,11 @@ def prefill(
 
 
 def walk_options(policy: Policy | None) -> dict:
-    """verify's static options for `policy`'s trees: paths (one leaf) and trees of point-mass
-    children are verified without a loop, trees with a known bound on children in that many
-    rounds over all nodes."""
+    """verify's static options for `policy`'s trees: chains (`Policy.is_chain`) and trees of
+    point-mass children are verified without a loop, trees with a known bound on children in
+    that many rounds over all nodes."""
     return dict(
-        path_only=policy is not None and policy.max_leaves == 1,
+        path_only=policy is not None and policy.is_chain,
         point_masses=policy is not None and policy.child_kind == ChildKind.DETERMINISTIC,
         max_children=None if policy is None else policy.max_children,
     )
@@ -202,7 +202,7 @@ def commit_path(
     cache: Cache, tree: DraftTree, verdict: Verdict, count: jax.Array, policy: Policy | None
 ) -> Cache:
     """The cache with the first count[b] nodes of each accepted path appended to its prefix. A
-    path (plain decoding's root-only tree, a chain: one leaf) accepts nodes 0..n, whose K/V
+    chain (plain decoding's root-only tree, `Policy.is_chain`) accepts nodes 0..n, whose K/V
     already sit in region slots 0..n: the lengths advance and nothing moves. Other trees move
     the accepted nodes' K/V next to the prefix (a gather + scatter per layer and buffer)."""
     if tree.num_nodes == 1 or walk_options(policy)["path_only"]:
