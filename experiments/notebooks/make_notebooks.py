@@ -49,6 +49,10 @@ head from `experiments/gpu_speculation.py --phases policies` (converted with
 with its own target (the captions of each part are printed below the figure).
 """,
         """\
+invalid = [r for r in rows if "invalid" in r]  # marked after the run, with the reason
+for r in invalid:
+    print(f"left out: {r['policy']} budget {r['budget']} T={r['temperature']:g}: {r['invalid']}")
+rows = [r for r in rows if "invalid" not in r]
 temps = sorted({r["temperature"] for r in rows})
 fig, axes = plt.subplots(len(temps), 2, figsize=(12, 4.2 * len(temps)), squeeze=False)
 drafters = list(dict.fromkeys(r.get("drafter", meta["drafter"]) for r in rows))
