@@ -68,6 +68,9 @@ def plain_eos(llama):
         # Last round of one node but branching trees: once verified as paths (max_leaves == 1)
         (SpecExec(8, max_beams=2, max_branch_width=2), "self"),
         (SpecExec(8, max_beams=1, max_branch_width=4), "self"),
+        # The target drafting for itself accepts deep into branching trees: commits move paths
+        (Sequoia(10, ACCEPTANCE), "self"),
+        (Dynamic(depth=4, top_k=2, total_tokens=8), "self"),
     ],
     ids=[
         "sequoia-poor",
@@ -81,6 +84,8 @@ def plain_eos(llama):
         "rsds-eagle3",
         "specexec8-2beams-self",
         "specexec8-1beam-self",
+        "sequoia-self",
+        "dynamic-self",
     ],
 )
 def test_greedy_equals_plain(llama, tiny_draft, plain_eos, policy, drafter_name):
