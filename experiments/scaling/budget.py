@@ -143,6 +143,13 @@ def run(pair: common.Pair, args) -> common.Recorder:
                 out, speed, compile_s = timed(
                     pair.target, ids, args.repeats, drafter=drafter, policy=policy, **sampling
                 )
+                check = greedy_check(out, plain, temperature)
+                same, n = map(int, check.get("greedy_eq_plain", "0/0").split("/"))
+                if args.smoke and same != n:  # float32: exact, so a mismatch is a bug
+                    raise RuntimeError(
+                        f"{policy!r}: greedy output differs from plain decoding on {n - same} of "
+                        f"{n} prompts in float32 (a losslessness bug)"
+                    )
                 rec.add(
                     {
                         "temperature": temperature,
@@ -159,9 +166,20 @@ def run(pair: common.Pair, args) -> common.Recorder:
                         "speedup": speed / plain_speed,
                         "compile_s": compile_s,
                         "row_s": time.perf_counter() - start,
+                        **check,
                     }
                 )
     return rec
+
+
+def greedy_check(out, plain, temperature: float) -> dict:
+    """At T = 0 every policy must reproduce plain decoding: {"greedy_eq_plain": "k/n"} sequences
+    equal (bf16 near-ties can flip a few; a policy far below n/n is a bug: SpecExec's 4- and
+    8-node rows of the H200 run were one). Nothing at T > 0."""
+    if temperature != 0:
+        return {}
+    pairs = zip(out.sequences(), plain.sequences(), strict=True)
+    return {"greedy_eq_plain": f"{sum(a == b for a, b in pairs)}/{len(plain.sequences())}"}
 
 
 def build_parser():
