@@ -115,8 +115,7 @@ class _DraftModelExpander:
         )
         region = Region.causal(batch, self.width)
         live = jnp.arange(self.width)[None, None, :] < count[:, None, None]  # [B, 1, W]
-        region = dataclasses.replace(region, mask=region.mask & live, is_causal=False)
-        out = module(tokens, slots, cache, region)
+        out = module(tokens, slots, cache, region.masked(live))
         root_hidden = jnp.take_along_axis(out.hidden, (count - 1)[:, None, None], axis=1)[:, 0]
         # Commit everything but the root: the root sits at region slot 0, like the target's.
         return module.logits(root_hidden), DraftModelState(cache=out.cache.advance(count - 1))

@@ -601,7 +601,7 @@ class _EagleExpander:
         tokens = jnp.take_along_axis(history, jnp.minimum(positions + 1, history.shape[1] - 1), 1)
         region = Region.causal(batch, width)
         live = jnp.arange(width)[None, None, :] < state.count[:, None, None]  # [B, 1, W]
-        region = dataclasses.replace(region, mask=region.mask & live, is_causal=False)
+        region = region.masked(live)
         x, cache = self.drafter._run(tokens, state.feats, positions, cache, region)
         last = jnp.take_along_axis(x, jnp.maximum(state.count - 1, 0)[:, None, None], axis=1)[:, 0]
         state = dataclasses.replace(

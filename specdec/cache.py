@@ -32,7 +32,7 @@ class Region:
     is_causal: bool = dataclasses.field(default=False, metadata=dict(static=True))
     """Static: the mask is exactly causal over R == T slots (`Region.causal`), so attention
     within the block alone (a prefill) may use a causal flash kernel instead of the mask. A
-    changed mask must reset it: dataclasses.replace(region, mask=..., is_causal=False)."""
+    narrowed mask resets it (`masked`)."""
 
     @property
     def width(self) -> int:
@@ -45,6 +45,10 @@ class Region:
         offsets = jnp.broadcast_to(jnp.arange(block, dtype=jnp.int32), (batch, block))
         mask = jnp.broadcast_to(jnp.tril(jnp.ones((block, block), bool)), (batch, block, block))
         return Region(offsets=offsets, mask=mask, is_causal=True)
+
+    def masked(self, keep: jax.Array) -> "Region":
+        """This region with mask & keep (broadcast to [B, T, R]): no longer exactly causal."""
+        return dataclasses.replace(self, mask=self.mask & keep, is_causal=False)
 
     @staticmethod
     def tree(ancestor_mask: jax.Array) -> "Region":
