@@ -205,7 +205,7 @@ def commit_path(
     chain (plain decoding's root-only tree, `Policy.is_chain`) accepts nodes 0..n, whose K/V
     already sit in region slots 0..n: the lengths advance and nothing moves. Other trees move
     the accepted nodes' K/V next to the prefix (a gather + scatter per layer and buffer)."""
-    if tree.num_nodes == 1 or walk_options(policy)["path_only"]:
+    if tree.num_nodes == 1 or policy.is_chain:  # plain decoding (no policy) has one node
         return cache.advance(count)
     # an accepted path has at most max_depth + 1 nodes: move only that many slots
     return cache.commit(verdict.path[:, : policy.max_depth + 1], count)
