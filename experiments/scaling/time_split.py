@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from drafters import DraftModel, Eagle, EarlyExit, NGram, QuantSpec
+from drafters import DraftModel, Eagle, EarlyExit, QuantSpec
 from experiments.bench_decode import STATIC_TREE, measure_copy_bandwidth
 from experiments.bench_tree_attention import Timer, measure_ceilings
 from experiments.scaling import common
@@ -224,16 +224,11 @@ def run(pair: common.Pair, args) -> common.Recorder:
         device_bw, _ = measure_ceilings(timer)
         if device_bw > bandwidth:
             bandwidth, bandwidth_source = device_bw, "CUPTI-timed copy"
-    drafters = {"DraftModel": DraftModel(pair.draft)}
-    records = {"DraftModel": common.describe_model(pair.draft, pair.draft_dir)}
-    if not args.smoke:
-        exit_layer = max(1, pair.target.config.num_layers // 2)
-        drafters[f"EarlyExit({exit_layer})"] = EarlyExit(exit_layer)
-        drafters["NGram(3)"] = NGram(3)
-        drafters["EAGLE-3"], records["EAGLE-3"] = common.eagle_drafter(pair, args)
-        drafters["EAGLE-1"], records["EAGLE-1"] = common.eagle_drafter(pair, args, version=1)
-        drafters["QuantSpec"] = QuantSpec()
-        records["QuantSpec"] = {"params": 0, "kv_cache": common.QUANTSPEC_CACHE}
+    if args.smoke:
+        drafters = {"DraftModel": DraftModel(pair.draft)}
+        records = {"DraftModel": common.describe_model(pair.draft, pair.draft_dir)}
+    else:
+        drafters, records = common.drafter_zoo(pair, args)
     policies = {"Chain(4)": Chain(4), f"Static({len(STATIC_TREE) + 1} nodes)": Static(STATIC_TREE)}
     if args.smoke:
         policies = {"Chain(4)": Chain(4)}
