@@ -1,0 +1,127 @@
+"""Where a plain decode step's time goes: every kernel of one step, in launch order, and the
+optimised HLO of the compiled loop (what XLA fused), for the random `small` or Llama-3-8B shape.
+
+    # on the GPU machine (CUPTI through bench_tree_attention.Timer):
+    PYTHONPATH=. python3 experiments/profile_step.py --model small --batch 1 --out $OUT/prof
+    # CPU smoke (wall clock, tiny model):
+    PYTHONPATH=. .venv/bin/python experiments/profile_step.py --smoke --out /tmp/prof
+
+Writes <out>/<label>.json: device and wall ms per step, kernels per step, the kernels of one step
+in launch order (name, us) and a per-name summary; and <out>/<label>_hlo.txt, the loop's optimised
+HLO (the while body's fusions are the step's kernels). One step's kernels: a window of
+`kernels_per_step` launches from the middle of the longer loop's steps.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("BENCH_TARGET_SECONDS", "0.1")
+
+import jax
+import numpy as np
+
+import specdec
+from experiments.bench_tree_attention import Timer
+from specdec.config import llama3_8b_config, tiny_config
+from specdec.engine.generate import prepare
+from specdec.engine.loop import decode_loop
+from train.configs import get_config
+
+
+def config_for(name: str, smoke: bool):
+    if smoke:
+        return tiny_config(vocab_size=512, num_layers=2)
+    return {"small": lambda: get_config("small").model, "8b": llama3_8b_config}[name]()
+
+
+def by_name(kernels: list[tuple[str, float]]) -> list[dict]:
+    """Launches and microseconds per kernel name, costliest first."""
+    totals: dict[str, list[float]] = {}
+    for name, us in kernels:
+        entry = totals.setdefault(name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += us
+    rows = [dict(name=n, launches=c, us=round(t, 2)) for n, (c, t) in totals.items()]
+    return sorted(rows, key=lambda r: -r["us"])
+
+
+def profile(model, prompts, new: int, timer: Timer, **kwargs) -> dict:
+    """Two loop lengths sharing one compiled loop: per-step device / wall time and kernels, the
+    ordered kernels of one steady step, and the compiled loop's HLO text."""
+    runs, fn, hlo = [], None, ""
+    for max_new in (new, new // 2 + 1):
+        prepared = prepare(model, prompts, max_new_tokens=max_new, **kwargs)
+        if fn is None:
+            fn = jax.jit(lambda *a, p=prepared: decode_loop(*a, policy=p.policy, shape=p.shape))
+            hlo = fn.lower(*prepared.args).compile().as_text()
+        steps = int(fn(*prepared.args).steps)
+        runs.append((steps, timer(fn, [prepared.args], max_reps=20), prepared))
+    (s_full, full, _), (s_half, half, _) = runs
+    steps = max(s_full - s_half, 1)
+    out = dict(
+        method=timer.method,
+        steps=[s_full, s_half],
+        device_ms_per_step=(full["ms"] - half["ms"]) / steps,
+        wall_ms_per_step=(full["wall_ms"] - half["wall_ms"]) / steps,
+    )
+    if "kernels" in full:
+        per_step = round((full["kernels"] - half["kernels"]) / steps)
+        out["kernels_per_step"] = (full["kernels"] - half["kernels"]) / steps
+        ordered = [(name, 1e3 * ms) for name, ms in full["breakdown"]]
+        # Kernels outside the steps (prefill, loop exit) are the shorter run's total minus its
+        # steps'; a window of per_step launches from the middle of the longer run's steps is one
+        # steady step (rotated by however many of those kernels come after the loop).
+        outside = len(half["breakdown"]) - s_half * per_step
+        start = max(outside, 0) + (s_full // 2) * per_step
+        step = ordered[start : start + per_step]
+        out["one_step"] = [dict(name=n, us=round(us, 2)) for n, us in step]
+        out["one_step_us"] = sum(us for _, us in step)
+        out["by_name"] = by_name(step)
+    return out, hlo
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=("small", "8b"), default="small")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new", type=int, default=32, help="new tokens of the longer loop")
+    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--label", default=None, help="output name (default: model_bB)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--smoke", action="store_true", help="tiny float32 model (CPU)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    label = args.label or f"{args.model}_b{args.batch}"
+    cfg = config_for(args.model, args.smoke)
+    dtype = "float32" if args.smoke else "bfloat16"
+    start = time.perf_counter()
+    model = specdec.Model.random(cfg, seed=0, dtype=dtype, attention=args.attention)
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(0, cfg.vocab_size, (args.batch, args.prompt_len)).tolist()
+    result, hlo = profile(model, prompts, args.new, Timer())
+    result.update(
+        label=label,
+        model=str(model),
+        batch=args.batch,
+        prompt_len=args.prompt_len,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+        device=str(jax.devices()[0]),
+        jax=jax.__version__,
+        seconds=time.perf_counter() - start,
+    )
+    (args.out / f"{label}.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"{label}_hlo.txt").write_text(hlo)
+    summary = {k: result.get(k) for k in ("device_ms_per_step", "wall_ms_per_step")}
+    summary["kernels_per_step"] = result.get("kernels_per_step")
+    print(label, json.dumps(summary), file=sys.stderr)
+    for row in result.get("by_name", [])[:25]:
+        print(f"  {row['launches']:4d} x {row['us']:8.1f} us  {row['name']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
