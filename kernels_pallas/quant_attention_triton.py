@@ -58,10 +58,11 @@ class BlockSizes:
     """Key splits per (batch, KV head, row tile); > 1 merges partial results by log-sum-exp."""
     num_warps: int = 4
     """Warps per program."""
-    fused_planes: bool = False
+    fused_planes: bool = True
     """INT8 view: each channel's two nibbles as one 8-bit level operand (f16, exact), so one dot
-    per head half instead of two; the INT4 view ignores it. Off until timed on a GPU
-    (bench_quantspec's tuning phase sweeps it)."""
+    per head half instead of two; the INT4 view ignores it. On: 1.22x (B = 1) and 1.25x (B = 8)
+    faster than two nibble dots at S = 32k, T = 1 with the default splits (H200, bench_quantspec
+    tuning phase, experiments/results/quantspec_h200_run4)."""
     num_stages: int = 3
     """Software-pipelining depth of the key loops (3 was the fastest of {2, 3} at every shape
     of the H200 sweep in experiments/results/quantspec_h200_run2: 7-15% over 2)."""

@@ -128,14 +128,16 @@ def test_model_forward_uses_the_kernel_on_its_real_path():
     np.testing.assert_allclose(logits("interpret"), logits("xla"), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "planes"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_fused_planes_match_the_reference(case, dtype):
-    """The INT8 view with both nibbles as one 8-bit operand (float16 bit trick under bf16)."""
+def test_both_int8_operand_modes_match_the_reference(case, dtype, fused):
+    """The INT8 view with both nibbles as one 8-bit operand (the default; float16 bit trick
+    under bf16) and as two nibble operands (one dot per plane)."""
     q, cache, region = make_problem(6, head_dim=32, group=32, dtype=dtype, **CASES[case])
     layer = cache.with_view("int8").read(0)
     want = quant_attention_reference(q, layer, cache.lengths, region)
-    sizes = triton.BlockSizes(block_m=16, block_k=16, num_splits=2, fused_planes=True)
+    sizes = triton.BlockSizes(block_m=16, block_k=16, num_splits=2, fused_planes=fused)
     got = triton.quant_attention_triton(
         q, layer, cache.lengths, region, block_sizes=sizes, interpret=True
     )

@@ -1,0 +1,118 @@
+"""XLA flag sets against the plain decode step: `profile_step.py` in one child process per
+(flags, model, batch) (XLA reads its flags once, at start), one summary table.
+
+    # on the GPU machine:
+    PYTHONPATH=. python3 experiments/flag_sweep.py --models small --out $OUT/flags
+    # CPU smoke (tiny model, the flag sets that XLA:CPU accepts are not these: runs `default`):
+    PYTHONPATH=. .venv/bin/python experiments/flag_sweep.py --smoke --out /tmp/flags
+
+Writes <out>/flags.json and flags.md (device / wall ms per step, kernels per step, per variant)
+and each child's profile under <out>/<label>.json. A child that fails (a flag this XLA does not
+know is fatal at start) is recorded with its stderr tail.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CMDBUF = "--xla_gpu_enable_command_buffer=+CONDITIONAL,+WHILE --xla_gpu_graph_min_graph_size=1"
+NO_DSR = "--xla_gpu_enable_dot_strength_reduction=false"
+NO_TRITON_GEMM = "--xla_gpu_enable_triton_gemm=false"
+
+# label -> XLA_FLAGS. dsr: XLA rewrites a matrix-vector dot (batch 1) into multiply + reduce
+# fusions (the small step's down and o projections materialise an f32 [F, D] product first).
+VARIANTS = {
+    "default": "",
+    "no_dsr": NO_DSR,
+    "cmdbuf": CMDBUF,
+    "no_dsr_cmdbuf": f"{NO_DSR} {CMDBUF}",
+    "no_triton_gemm": NO_TRITON_GEMM,
+    "no_dsr_no_triton_gemm": f"{NO_DSR} {NO_TRITON_GEMM}",
+}
+
+
+def run_child(out: Path, label: str, flags: str, model: str, batch: int, smoke: bool, timeout):
+    env = dict(os.environ, XLA_FLAGS=flags)
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("profile_step.py")),
+        "--model",
+        model,
+        "--batch",
+        str(batch),
+        "--label",
+        label,
+        "--out",
+        str(out),
+    ] + (["--smoke"] if smoke else [])
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        rc, tail = done.returncode, done.stderr[-600:]
+    except subprocess.TimeoutExpired:
+        rc, tail = "timeout", ""
+    row = dict(label=label, model=model, batch=batch, xla_flags=flags, rc=rc)
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    path = out / f"{label}.json"
+    if rc == 0 and path.exists():
+        prof = json.loads(path.read_text())
+        for key in ("device_ms_per_step", "wall_ms_per_step", "kernels_per_step", "method"):
+            row[key] = prof.get(key)
+        row["top"] = prof.get("by_name", [])[:8]
+    else:
+        row["error"] = tail
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | B | flags | device ms/step | wall ms/step | kernels/step | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        fmt = lambda x: "" if x is None else f"{x:.3f}"
+        note = "" if r["rc"] == 0 else f"rc {r['rc']}: {r.get('error', '')[-120:]}"
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['label'].split('__')[0]} | "
+            f"{fmt(r.get('device_ms_per_step'))} | {fmt(r.get('wall_ms_per_step'))} | "
+            f"{r.get('kernels_per_step') or ''} | {note.replace('|', '/')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["small"], help="small and/or 8b")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--child-timeout", type=float, default=150.0)
+    parser.add_argument("--deadline-s", type=float, default=540.0)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    variants = ["default"] if args.smoke else args.variants
+    end = time.perf_counter() + args.deadline_s
+    rows = []
+    for model in args.models:
+        for batch in args.batches:
+            for name in variants:
+                left = end - time.perf_counter()
+                if left < 30:
+                    rows.append(dict(label=name, model=model, batch=batch, rc="skipped"))
+                    continue
+                label = f"{name}__{model}_b{batch}"
+                timeout = min(args.child_timeout, left - 5)
+                row = run_child(args.out, label, VARIANTS[name], model, batch, args.smoke, timeout)
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "top"}), flush=True)
+                (args.out / "flags.json").write_text(json.dumps(rows, indent=1))
+                (args.out / "flags.md").write_text(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
