@@ -31,7 +31,9 @@ def _matmul_precision(dtype) -> jax.lax.Precision:
     )
 
 
-def _einsum(spec: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+def _einsum(spec: str, x: jax.Array, w: jax.Array, dtype, row_scale=None) -> jax.Array:
+    """x [B, T, ...] times w in `dtype` with float32 accumulation; `row_scale` [B, T, 1] float32
+    multiplies each token's row of the product before it is rounded to `dtype`."""
     out = jnp.einsum(
         spec,
         x.astype(dtype),
@@ -39,6 +41,8 @@ def _einsum(spec: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
         precision=_matmul_precision(dtype),
         preferred_element_type=jnp.float32,
     )
+    if row_scale is not None:
+        out = out * row_scale.reshape(row_scale.shape[:2] + (1,) * (out.ndim - 2))
     return out.astype(dtype)
 
 
@@ -171,6 +175,14 @@ class RMSNorm(nnx.Module):
         xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
         return (self.weight[...].astype(jnp.float32) * xf).astype(x.dtype)
 
+    def factors(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x [..., D] -> (x * weight [..., D] in x.dtype, 1 / rms(x) [..., 1] float32): the norm
+        as its two factors, for a projection that applies the per-token one to its product
+        (`_einsum(row_scale=...)`), so no normalised copy of x is written between the two."""
+        xf = x.astype(jnp.float32)
+        inv_rms = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return (self.weight[...].astype(jnp.float32) * xf).astype(x.dtype), inv_rms
+
 
 class Attention(nnx.Module):
     """Grouped-query attention with RoPE; optional q/k/v bias (Qwen2) and q/k norm (Qwen3)."""
@@ -199,9 +211,11 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(h, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.cfg = cfg
 
-    def project_qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array, dtype):
-        """x [B, T, D] -> rotated q [B, T, N, H], k [B, T, K, H], v [B, T, K, H]."""
-        q, k, v = split_qkv(_einsum("BTD,DKJH->BTKJH", x, self.qkv[...], dtype))
+    def project_qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array, dtype, row_scale=None):
+        """x [B, T, D] (rows times `row_scale` [B, T, 1] if given) -> rotated q [B, T, N, H],
+        k [B, T, K, H], v [B, T, K, H]."""
+        qkv = _einsum("BTD,DKJH->BTKJH", x, self.qkv[...], dtype, row_scale)
+        q, k, v = split_qkv(qkv)
         if self.cfg.attention_bias:
             q = q + self.q_bias[...].astype(dtype)
             k = k + self.k_bias[...].astype(dtype)
@@ -225,8 +239,9 @@ class MLP(nnx.Module):
         )  # [D, 2, F]: gate, up
         self.down = _init(rngs, (f, d), std, param_dtype)  # [F, D]
 
-    def __call__(self, x: jax.Array, dtype) -> jax.Array:
-        gate_up = _einsum("BTD,DCF->BTCF", x, self.gate_up[...], dtype)  # [B, T, 2, F]
+    def __call__(self, x: jax.Array, dtype, row_scale=None) -> jax.Array:
+        """x [B, T, D] (rows times `row_scale` [B, T, 1] if given) -> [B, T, D]."""
+        gate_up = _einsum("BTD,DCF->BTCF", x, self.gate_up[...], dtype, row_scale)  # [B,T,2,F]
         hidden = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]  # [B, T, F]
         return _einsum("BTF,FD->BTD", _vector_operand(hidden), self.down[...], dtype)
 
@@ -249,9 +264,12 @@ class DecoderLayer(nnx.Module):
         attention: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
     ) -> jax.Array:
         """x [B, T, D] -> [B, T, D]; `attention(q, k, v)` decides what the block attends to."""
-        q, k, v = self.attn.project_qkv(self.attn_norm(x), cos, sin, dtype)
+        # Each norm's per-token factor scales the projection's product (`RMSNorm.factors`).
+        weighted, inv_rms = self.attn_norm.factors(x)
+        q, k, v = self.attn.project_qkv(weighted, cos, sin, dtype, inv_rms)
         x = x + self.attn.output(attention(q, k, v), dtype)
-        return x + self.mlp(self.mlp_norm(x), dtype)
+        weighted, inv_rms = self.mlp_norm.factors(x)
+        return x + self.mlp(weighted, dtype, inv_rms)
 
 
 @jax.tree_util.register_dataclass
