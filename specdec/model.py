@@ -46,20 +46,6 @@ def _einsum(spec: str, x: jax.Array, w: jax.Array, dtype, row_scale=None) -> jax
     return out.astype(dtype)
 
 
-def _vector_operand(x: jax.Array) -> jax.Array:
-    """x [B, T, ...] as the input of a projection, materialised when B * T == 1.
-
-    XLA on GPU rewrites a matrix-vector product into multiply + reduce. When the vector's
-    producer is costly (silu's exp, the attention kernel's split merge) it fuses that producer
-    into the multiply instead of the reduce, so the f32 [F, D] product is written to memory and
-    read back by a second kernel (the `small` step's down and o projections: 8.8 and 4.8 us of
-    ~46 us per layer, H200). A barrier makes the producer its own small kernel and the product
-    one reduction that reads the weights once. Other block sizes are matrix products (GEMMs)."""
-    if x.shape[0] * x.shape[1] != 1:
-        return x
-    return jax.lax.optimization_barrier(x)
-
-
 @functools.cache
 def _normal_drawer(shape: tuple[int, ...], dtype, std: float, sharding=None) -> Callable:
     """jit(key -> normal(shape) * std in `dtype`), placed by `sharding` (None: default device).
@@ -226,7 +212,7 @@ class Attention(nnx.Module):
 
     def output(self, attn: jax.Array, dtype) -> jax.Array:
         """attn [B, T, N, H] -> [B, T, D]."""
-        return _einsum("BTNH,NHD->BTD", _vector_operand(attn), self.o[...], dtype)
+        return _einsum("BTNH,NHD->BTD", attn, self.o[...], dtype)
 
 
 class MLP(nnx.Module):
@@ -243,7 +229,7 @@ class MLP(nnx.Module):
         """x [B, T, D] (rows times `row_scale` [B, T, 1] if given) -> [B, T, D]."""
         gate_up = _einsum("BTD,DCF->BTCF", x, self.gate_up[...], dtype, row_scale)  # [B,T,2,F]
         hidden = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]  # [B, T, F]
-        return _einsum("BTF,FD->BTD", _vector_operand(hidden), self.down[...], dtype)
+        return _einsum("BTF,FD->BTD", hidden, self.down[...], dtype)
 
 
 class DecoderLayer(nnx.Module):
