@@ -49,6 +49,15 @@ def by_name(kernels: list[tuple[str, float]]) -> list[dict]:
     return sorted(rows, key=lambda r: -r["us"])
 
 
+def steady_step(ordered: list, outside: int, steps: int, per_step: int) -> list:
+    """One steady step's launches out of a loop run's ordered launches: `outside` kernels are
+    not steps' (prefill and loop exit, known from the two runs' difference), `steps` steps of
+    `per_step` launches each. The window starts at the middle step after the prefill; it is that
+    step rotated by however many of the `outside` kernels come after the loop (none or a few)."""
+    start = max(outside, 0) + (steps // 2) * per_step
+    return ordered[start : start + per_step]
+
+
 def profile(model, prompts, new: int, timer: Timer, **kwargs) -> dict:
     """Two loop lengths sharing one compiled loop: per-step device / wall time and kernels, the
     ordered kernels of one steady step, and the compiled loop's HLO text."""
@@ -72,12 +81,8 @@ def profile(model, prompts, new: int, timer: Timer, **kwargs) -> dict:
         per_step = round((full["kernels"] - half["kernels"]) / steps)
         out["kernels_per_step"] = (full["kernels"] - half["kernels"]) / steps
         ordered = [(name, 1e3 * ms) for name, ms in full["breakdown"]]
-        # Kernels outside the steps (prefill, loop exit) are the shorter run's total minus its
-        # steps'; a window of per_step launches from the middle of the longer run's steps is one
-        # steady step (rotated by however many of those kernels come after the loop).
         outside = len(half["breakdown"]) - s_half * per_step
-        start = max(outside, 0) + (s_full // 2) * per_step
-        step = ordered[start : start + per_step]
+        step = steady_step(ordered, outside, s_full, per_step)
         out["one_step"] = [dict(name=n, us=round(us, 2)) for n, us in step]
         out["one_step_us"] = sum(us for _, us in step)
         out["by_name"] = by_name(step)
