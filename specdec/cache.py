@@ -33,6 +33,9 @@ class Region:
     """Static: the mask is exactly causal over R == T slots (`Region.causal`), so attention
     within the block alone (a prefill) may use a causal flash kernel instead of the mask. A
     narrowed mask resets it (`masked`)."""
+    contiguous: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    """Static: offsets are 0 .. T - 1 in every row (`causal`, `tree`; kept by `masked`), so the
+    block is written as one run at each sequence's length (`Cache.write(contiguous=True)`)."""
 
     @property
     def width(self) -> int:
@@ -44,7 +47,7 @@ class Region:
         """A contiguous causal run of `block` tokens (prefill, catch-up, plain decoding)."""
         offsets = jnp.broadcast_to(jnp.arange(block, dtype=jnp.int32), (batch, block))
         mask = jnp.broadcast_to(jnp.tril(jnp.ones((block, block), bool)), (batch, block, block))
-        return Region(offsets=offsets, mask=mask, is_causal=True)
+        return Region(offsets=offsets, mask=mask, is_causal=True, contiguous=True)
 
     def masked(self, keep: jax.Array) -> "Region":
         """This region with mask & keep (broadcast to [B, T, R]): no longer exactly causal."""
@@ -55,7 +58,7 @@ class Region:
         """A whole draft tree as one block: node i at region slot i sees its ancestors, itself."""
         batch, nodes, _ = ancestor_mask.shape
         offsets = jnp.broadcast_to(jnp.arange(nodes, dtype=jnp.int32), (batch, nodes))
-        return Region(offsets=offsets, mask=ancestor_mask)
+        return Region(offsets=offsets, mask=ancestor_mask, contiguous=True)
 
 
 @jax.tree_util.register_dataclass
@@ -78,8 +81,21 @@ class Cache(abc.ABC):
         """S: slots per sequence."""
 
     @abc.abstractmethod
-    def write(self, layer: int, k_new: jax.Array, v_new: jax.Array, offsets: jax.Array) -> "Cache":
-        """Store a block's K/V [B, T, K, H] of one layer at slots lengths + offsets [B, T]."""
+    def write(
+        self,
+        layer: int,
+        k_new: jax.Array,
+        v_new: jax.Array,
+        offsets: jax.Array,
+        *,
+        contiguous: bool = False,
+    ) -> "Cache":
+        """Store a block's K/V [B, T, K, H] of one layer at slots lengths + offsets [B, T].
+
+        `contiguous` (static) declares offsets == 0 .. T - 1 in every row (`Region.contiguous`)
+        with lengths + T <= capacity, which the caller has checked (generate sizes every cache
+        for prompt + new tokens + the largest region); an implementation may then write the
+        block as one run. Otherwise slots past the capacity (padding rows) are dropped."""
 
     @abc.abstractmethod
     def read(self, layer: int):
@@ -134,9 +150,22 @@ class KVCache(Cache):
         return self.k[0].shape[1]
 
     def write(
-        self, layer: int, k_new: jax.Array, v_new: jax.Array, offsets: jax.Array
+        self,
+        layer: int,
+        k_new: jax.Array,
+        v_new: jax.Array,
+        offsets: jax.Array,
+        *,
+        contiguous: bool = False,
     ) -> "KVCache":
         """Store a block's K/V [B, T, K, H] of one layer at slots lengths + offsets [B, T]."""
+        if contiguous and self.batch_size == 1 and sharding.active_mesh() is None:
+            # One sequence, one run: a dynamic-update-slice. The indexed scatter below becomes,
+            # at batch 1, an update plus a keep-or-drop select that reads the old slots back
+            # (two more kernels per layer and step on a GPU, experiments/profile_step.py).
+            start = (0, self.lengths[0], 0, 0)
+            put = lambda buf, new: jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), start)
+            return self._with_layer(layer, put(self.k[layer], k_new), put(self.v[layer], v_new))
         slots = self.lengths[:, None] + offsets  # [B, T]
         # mode="drop": a slot past capacity is discarded, never clamped onto a live slot
         # (callers check capacity up front, so this only guards padding rows).
@@ -148,6 +177,10 @@ class KVCache(Cache):
             rows = jnp.arange(slots.shape[0])[:, None]  # [B, 1]
             put = lambda buf, s, new: buf.at[rows, s].set(new.astype(buf.dtype), mode="drop")
         k_layer, v_layer = put(self.k[layer], slots, k_new), put(self.v[layer], slots, v_new)
+        return self._with_layer(layer, k_layer, v_layer)
+
+    def _with_layer(self, layer: int, k_layer: jax.Array, v_layer: jax.Array) -> "KVCache":
+        """This cache with layer `layer`'s K and V buffers replaced."""
         return dataclasses.replace(
             self,
             k=(*self.k[:layer], k_layer, *self.k[layer + 1 :]),

@@ -345,7 +345,9 @@ class Transformer(nnx.Module):
                         # The block's K/V go into the cache first; then attend over prefix + region
                         # (or, for prefill into an empty cache, over the block alone).
                         nonlocal cache
-                        cache = cache.write(index, k, v, region.offsets)
+                        cache = cache.write(
+                            index, k, v, region.offsets, contiguous=region.contiguous
+                        )
                         if not prefix:
                             return attend_block(
                                 q, k, v, region.mask, impl=self.attention, causal=region.is_causal

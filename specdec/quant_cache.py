@@ -216,12 +216,19 @@ class QuantCache(Cache):
     # ---- the Cache interface ----
 
     def write(
-        self, layer: int, k_new: jax.Array, v_new: jax.Array, offsets: jax.Array
+        self,
+        layer: int,
+        k_new: jax.Array,
+        v_new: jax.Array,
+        offsets: jax.Array,
+        *,
+        contiguous: bool = False,
     ) -> "QuantCache":
         """Store a block's K/V [B, T, K, H] of one layer at positions lengths + offsets [B, T].
 
         A block longer than the buffer can only be a prefill (lengths 0): it is staged whole in
-        full precision until `with_lengths` quantises it.
+        full precision until `with_lengths` quantises it. `contiguous` changes nothing here (the
+        full-precision buffer is small).
         """
         lay = self.layers[layer]
         batch, block = offsets.shape

@@ -1,8 +1,11 @@
 """Model invariants: full forward == incremental decode; tree block == HF tree forward."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from specdec.cache import KVCache, Region
 from specdec.tree import ancestor_mask
@@ -99,3 +102,34 @@ def test_causal_prefill_path_equals_the_masked_one(llama, monkeypatch):
     assert len(calls) == cfg.num_layers
     np.testing.assert_allclose(h_fast, h_mask, atol=2e-5)
     np.testing.assert_array_equal(k_fast, k_mask)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_contiguous_regions_write_one_run_at_batch_one(batch):
+    """Region.causal / tree declare their offsets 0 .. T - 1 (static; `masked` keeps it, a
+    hand-built region does not). At batch 1 a contiguous write is one dynamic-update-slice
+    instead of the indexed scatter (which XLA turns into an update plus a keep-or-drop select
+    that reads the old slots back); it stores exactly what the scatter stores."""
+    causal, tree = Region.causal(batch, 3), Region.tree(jnp.ones((batch, 3, 3), bool))
+    built = Region(offsets=causal.offsets, mask=causal.mask)
+    assert causal.contiguous and tree.contiguous and causal.masked(causal.mask).contiguous
+    assert not built.contiguous
+    assert jax.tree.leaves(tree) == [tree.offsets, tree.mask]  # the flag is not a leaf
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    fill = lambda key: tuple(jax.random.normal(key, (2, batch, 16, 2, 4)))
+    cache = KVCache.create(2, batch, 16, 2, 4, jnp.float32)
+    cache = dataclasses.replace(cache, k=fill(keys[0]), v=fill(keys[1]))
+    cache = cache.with_lengths(jnp.array([5, 9][:batch], jnp.int32))
+    k_new = jax.random.normal(keys[2], (batch, 3, 2, 4))
+
+    def write(c, contiguous):
+        return c.write(1, k_new, -k_new, causal.offsets, contiguous=contiguous)
+
+    for a, b in zip(
+        jax.tree.leaves(write(cache, True)), jax.tree.leaves(write(cache, False)), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    ops = str(jax.make_jaxpr(lambda c: write(c, True))(cache))
+    assert ("dynamic_update_slice" in ops) == (batch == 1)
+    assert ("scatter" in ops) == (batch != 1)
