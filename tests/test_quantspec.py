@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FIXTURES
 from stats import STAT_LENGTH, STAT_PROMPT, STAT_SAMPLES, chi_square_pvalue, sequence_index
 
 import specdec
@@ -273,15 +274,132 @@ def plain(llama):
     return specdec.generate(llama, PROMPTS, max_new_tokens=40, kv_cache=MODE, eos_token_id=eos), eos
 
 
+# Greedy speculation in the INT8 mode against plain INT8 decoding. Two compiled programs that
+# compute the same float32 K/V differ in the last bits (a block of 6 tokens is not 6 blocks of 1),
+# and the quantiser turns a last-bit difference at a rounding boundary into a whole level: the
+# INT8 model is chaotic at ulp scale (plain INT8 decoding with every weight scaled by 1 + 1e-7
+# noise departs from itself on some sequences; the float cache does not). So exact equality is
+# not a property any implementation has here. What is asserted: speculation departs from plain
+# INT8 on no more sequences than that ulp noise does, and never before the first quantised read
+# (before it the two programs agree exactly, as in the float mode).
+NOISE_SETS = 6  # prompt sets of three ragged prompts, 40 new tokens each
+NOISE_NEW = 40
+
+
+def _prompt_sets() -> list[list[list[int]]]:
+    rngs = (np.random.default_rng(seed) for seed in range(NOISE_SETS))
+    return [[rng.integers(0, 128, n).tolist() for n in (5, 9, 7)] for rng in rngs]
+
+
+def _ulp_perturbed(model: specdec.Model) -> specdec.Model:
+    """A copy of `model` with every weight scaled by (1 + 1e-7 * standard normal noise)."""
+    from flax import nnx
+
+    copy = specdec.load(FIXTURES / "llama", dtype="float32", attention=model.attention)
+    module = copy.module()
+    leaves, tree = jax.tree.flatten(nnx.state(module, nnx.Param))
+    keys = jax.random.split(jax.random.key(0), len(leaves))
+    noise = lambda x, key: x * (1 + 1e-7 * jax.random.normal(key, x.shape))
+    noisy = [noise(x, key) for x, key in zip(leaves, keys, strict=True)]
+    nnx.update(module, jax.tree.unflatten(tree, noisy))
+    return copy
+
+
+def _departures(sets, want, got) -> tuple[int, int]:
+    """(sequences of `got` that differ from `want`, earliest sequence position where one does)."""
+    count, first = 0, 10**9
+    for prompts, a_set, b_set in zip(sets, want, got, strict=True):
+        for prompt, a, b in zip(prompts, a_set, b_set, strict=True):
+            if a != b:
+                count += 1
+                pairs = enumerate(zip(a, b, strict=False))
+                at = next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))
+                first = min(first, len(prompt) + at)
+    return count, first
+
+
+def _generate_sets(model, sets, **kwargs):
+    return [
+        specdec.generate(model, p, max_new_tokens=NOISE_NEW, **kwargs).sequences() for p in sets
+    ]
+
+
+@pytest.fixture(scope="module")
+def ulp_baseline(llama):
+    """Plain INT8 outputs per prompt set, and how far ulp-level weight noise moves them."""
+    sets = _prompt_sets()
+    plain = _generate_sets(llama, sets, kv_cache=MODE)
+    noisy = _generate_sets(_ulp_perturbed(llama), sets, kv_cache=MODE)
+    return sets, plain, _departures(sets, plain, noisy)
+
+
+def _within_ulp_noise(baseline, got) -> bool:
+    sets, plain, (noise, _) = baseline
+    count, first = _departures(sets, plain, got)
+    return count <= noise and first >= MODE.group + MODE.recent  # no quantised read before that
+
+
+def test_int8_greedy_decoding_is_chaotic_at_ulp_scale(llama, ulp_baseline):
+    """Why exact equality is not asserted: 1e-7 relative weight noise changes some plain INT8
+    sequences and no float-cache sequence."""
+    sets, _, (noise, _) = ulp_baseline
+    assert 0 < noise < len(sets) * 3 // 2
+    dense = _generate_sets(llama, sets)
+    assert _departures(sets, dense, _generate_sets(_ulp_perturbed(llama), sets)) == (0, 10**9)
+
+
 @pytest.mark.parametrize("policy", [Chain(5), Static(TREE)], ids=["chain", "static"])
-def test_greedy_quantspec_equals_plain_decoding_in_the_same_cache_mode(llama, plain, policy):
+def test_greedy_quantspec_departs_from_plain_int8_no_more_than_ulp_noise(
+    llama, ulp_baseline, policy
+):
+    sets = ulp_baseline[0]
+    got = _generate_sets(llama, sets, kv_cache=MODE, drafter=QuantSpec(), policy=policy)
+    assert _within_ulp_noise(ulp_baseline, got), _departures(sets, ulp_baseline[1], got)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _Retraced(QuantSpec):
+    """QuantSpec under another pytree type, so its decode loop is traced afresh (with whatever
+    the test patched into the loop) instead of reusing a compiled one."""
+
+
+def test_the_ulp_bound_catches_a_verifier_that_accepts_every_draft(
+    llama, ulp_baseline, monkeypatch
+):
+    """A wrong rule: every draft accepted (the target's logits pushed onto each child), so the
+    output follows the INT4 draft model. The bound above must reject it."""
+    from specdec.engine import loop
+
+    verify = loop.verify
+
+    def accept_all(tree, logits, params, key, **options):  # chains: node i + 1 is i's child
+        nodes = tree.tokens.shape[1]
+        push = jax.nn.one_hot(jnp.roll(tree.tokens, -1, axis=1), logits.shape[-1]) * 1e4
+        return verify(
+            tree, logits + push * (jnp.arange(nodes) < nodes - 1)[:, None], params, key, **options
+        )
+
+    monkeypatch.setattr(loop, "verify", accept_all)
+    sets = ulp_baseline[0]
+    got = _generate_sets(llama, sets, kv_cache=MODE, drafter=_Retraced(), policy=Chain(5))
+    assert not _within_ulp_noise(ulp_baseline, got), _departures(sets, ulp_baseline[1], got)
+
+
+def test_greedy_quantspec_stops_at_eos(llama, plain):
+    """With an EOS that plain INT8 decoding emits mid-sequence in one row: each row ends at its
+    first EOS or at max_new_tokens, and agrees with plain decoding before the first quantised
+    read."""
     want, eos = plain
     assert want.lengths[1] <= 18 and want.lengths.max() == 40  # EOS stopped one row only
     out = specdec.generate(
-        llama, PROMPTS, max_new_tokens=40, kv_cache=MODE, drafter=QuantSpec(), policy=policy,
+        llama, PROMPTS, max_new_tokens=40, kv_cache=MODE, drafter=QuantSpec(), policy=Chain(5),
         eos_token_id=eos,
     )  # fmt: skip
-    assert out.sequences() == want.sequences()
+    for prompt, row, plain_row in zip(PROMPTS, out.sequences(), want.sequences(), strict=True):
+        assert (eos in row and row.index(eos) == len(row) - 1) or len(row) == 40
+        exact = MODE.group + MODE.recent - len(prompt)  # tokens before any quantised read
+        assert row[:exact] == plain_row[:exact]
     assert out.stats.tau > 2.0  # the INT4 draft agrees with the INT8 target most of the time
 
 
@@ -392,11 +510,10 @@ def test_wrong_rule_is_detected(stat_target):
     assert pvalue < FAIL, f"the test did not catch a wrong law (p={pvalue:.3g})"
 
 
-def test_other_drafters_run_on_the_quantised_target(llama, tiny_draft, plain):
-    """kv_cache is a property of the target: any drafter verifies against the same INT8 model."""
-    want, eos = plain
-    out = specdec.generate(
-        llama, PROMPTS, max_new_tokens=40, kv_cache=MODE, drafter=DraftModel(tiny_draft),
-        policy=Chain(3), eos_token_id=eos,
-    )  # fmt: skip
-    assert out.sequences() == want.sequences()
+def test_other_drafters_run_on_the_quantised_target(llama, tiny_draft, ulp_baseline):
+    """kv_cache is a property of the target: any drafter verifies against the same INT8 model
+    (to within that model's ulp sensitivity, as QuantSpec above)."""
+    sets = ulp_baseline[0]
+    drafter = DraftModel(tiny_draft)
+    got = _generate_sets(llama, sets, kv_cache=MODE, drafter=drafter, policy=Chain(3))
+    assert _within_ulp_noise(ulp_baseline, got), _departures(sets, ulp_baseline[1], got)
