@@ -4,9 +4,12 @@ its hierarchical quantised KV cache (specdec.quant_cache).
 Each tree node the policy expands runs the whole target with the cache's INT4 view: its K/V go into
 the tree region (node i at region slot i, full precision, where the verify forward then overwrites
 them with the target's own), and the final norm + LM head give the draft logits. The verify forward
-reads both planes (about INT8), so with `generate(..., kv_cache="int8-hierarchical")` the output is
-exactly plain decoding's in that cache mode. No extra weights; the draft reads a quarter of the bf16
-cache's bytes for the quantised part of the context.
+reads both planes (about INT8), so with `generate(..., kv_cache="int8-hierarchical")` the output
+follows plain decoding's law in that cache mode: its distribution at T > 0, and its greedy tokens up
+to the floating-point reassociation the quantiser amplifies (a K/V value computed in a block of
+several tokens may differ in its last bit from plain decoding's and round to the next level; see
+tests/test_quantspec.py). No extra weights; the draft reads a quarter of the bf16 cache's bytes for
+the quantised part of the context.
 """
 
 import dataclasses
