@@ -1,5 +1,7 @@
-"""Where a plain decode step's time goes: every kernel of one step, in launch order, and the
-optimised HLO of the compiled loop (what XLA fused), for the random `small` or Llama-3-8B shape.
+"""Where a decode step's time goes: every kernel of one step, in launch order, and the optimised
+HLO of the compiled loop (what XLA fused), for the random `small` or Llama-3-8B shape; plain
+decoding, or a speculative step (`--drafter self`: the target drafting for itself, every draft
+accepted at T = 0; `--drafter ngram`) with Chain(--depth).
 
     # on the GPU machine (CUPTI through bench_tree_attention.Timer):
     PYTHONPATH=. python3 experiments/profile_step.py --model small --batch 1 --out $OUT/prof
@@ -9,12 +11,16 @@ optimised HLO of the compiled loop (what XLA fused), for the random `small` or L
 Writes <out>/<label>.json: device and wall ms per step, kernels per step, the kernels of one step
 in launch order (name, us) and a per-name summary; and <out>/<label>_hlo.txt, the loop's optimised
 HLO (the while body's fusions are the step's kernels). One step's kernels: a window of
-`kernels_per_step` launches from the middle of the longer loop's steps.
+`kernels_per_step` launches from the middle of the longer loop's steps. `by_phase` sums them by
+the loop's named scope (draft, verify_forward, verify_walk, commit, observe) that the HLO's
+metadata gives each fusion; custom kernels (Pallas attention) have no instruction name to match
+and are listed by their own names.
 """
 
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,11 +31,18 @@ import jax
 import numpy as np
 
 import specdec
+from drafters import DraftModel, NGram
 from experiments.bench_tree_attention import Timer
 from specdec.config import llama3_8b_config, tiny_config
 from specdec.engine.generate import prepare
 from specdec.engine.loop import decode_loop
 from train.configs import get_config
+from trees import Chain
+
+PHASES = ("draft", "verify_forward", "verify_walk", "commit", "observe")
+_NAME = re.compile(r"^\s+%([\w.\-]+) = ")
+_SCOPE = re.compile(r'op_name="[^"]*?/while/body/([a-z_]+)')
+_CALLS = re.compile(r"calls=%([\w.\-]+)")
 
 
 def config_for(name: str, smoke: bool):
@@ -47,6 +60,41 @@ def by_name(kernels: list[tuple[str, float]]) -> list[dict]:
         entry[1] += us
     rows = [dict(name=n, launches=c, us=round(t, 2)) for n, (c, t) in totals.items()]
     return sorted(rows, key=lambda r: -r["us"])
+
+
+def instruction_phases(hlo: str) -> dict[str, str]:
+    """Kernel name as CUPTI reports it (the HLO instruction's name with '.' -> '_', cut to 48
+    characters) -> the loop-step phase its op_name metadata names ("other" outside PHASES). A
+    fusion whose own metadata names no op takes the first phase named inside the computation it
+    calls."""
+    scopes: dict[str, str] = {}  # computation -> first while-body scope named inside it
+    computation = None
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            computation = line.split()[0].lstrip("%")
+        elif computation and computation not in scopes and (m := _SCOPE.search(line)):
+            scopes[computation] = m.group(1)
+    phases = {}
+    for line in hlo.splitlines():
+        if not (m := _NAME.match(line)):
+            continue
+        scope = _SCOPE.search(line) if "op_name=" in line else None
+        called = _CALLS.search(line)
+        name = scope.group(1) if scope else scopes.get(called.group(1)) if called else None
+        if name is not None or called is not None:
+            phases[m.group(1).replace(".", "_")[:48]] = name if name in PHASES else "other"
+    return phases
+
+
+def by_phase(step: list[tuple[str, float]], phases: dict[str, str]) -> dict[str, dict]:
+    """Launches and microseconds of one step's kernels per phase; kernels with no instruction
+    of that name (custom calls such as Pallas kernels) are grouped under their own names."""
+    totals: dict[str, dict] = {}
+    for name, us in step:
+        entry = totals.setdefault(phases.get(name, name), {"kernels": 0, "us": 0.0})
+        entry["kernels"] += 1
+        entry["us"] = round(entry["us"] + us, 2)
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]["us"]))
 
 
 def steady_step(ordered: list, outside: int, steps: int, per_step: int) -> list:
@@ -86,6 +134,7 @@ def profile(model, prompts, new: int, timer: Timer, **kwargs) -> dict:
         out["one_step"] = [dict(name=n, us=round(us, 2)) for n, us in step]
         out["one_step_us"] = sum(us for _, us in step)
         out["by_name"] = by_name(step)
+        out["by_phase"] = by_phase(step, instruction_phases(hlo))
     return out, hlo
 
 
@@ -96,24 +145,34 @@ def main(argv=None) -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new", type=int, default=32, help="new tokens of the longer loop")
     parser.add_argument("--attention", default="auto")
+    parser.add_argument("--drafter", choices=("none", "self", "ngram"), default="none")
+    parser.add_argument("--depth", type=int, default=4, help="Chain depth with a drafter")
     parser.add_argument("--label", default=None, help="output name (default: model_bB)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny float32 model (CPU)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    label = args.label or f"{args.model}_b{args.batch}"
+    label = args.label or f"{args.model}_b{args.batch}" + (
+        "" if args.drafter == "none" else f"_{args.drafter}_chain{args.depth}"
+    )
     cfg = config_for(args.model, args.smoke)
     dtype = "float32" if args.smoke else "bfloat16"
     start = time.perf_counter()
     model = specdec.Model.random(cfg, seed=0, dtype=dtype, attention=args.attention)
     rng = np.random.default_rng(0)
     prompts = rng.integers(0, cfg.vocab_size, (args.batch, args.prompt_len)).tolist()
-    result, hlo = profile(model, prompts, args.new, Timer())
+    speculative = {}
+    if args.drafter != "none":
+        drafter = DraftModel(model) if args.drafter == "self" else NGram(3)
+        speculative = dict(drafter=drafter, policy=Chain(args.depth))
+    result, hlo = profile(model, prompts, args.new, Timer(), **speculative)
     result.update(
         label=label,
         model=str(model),
         batch=args.batch,
         prompt_len=args.prompt_len,
+        drafter=args.drafter,
+        depth=args.depth if args.drafter != "none" else 0,
         xla_flags=os.environ.get("XLA_FLAGS", ""),
         device=str(jax.devices()[0]),
         jax=jax.__version__,
@@ -124,6 +183,8 @@ def main(argv=None) -> None:
     summary = {k: result.get(k) for k in ("device_ms_per_step", "wall_ms_per_step")}
     summary["kernels_per_step"] = result.get("kernels_per_step")
     print(label, json.dumps(summary), file=sys.stderr)
+    for phase, row in result.get("by_phase", {}).items():
+        print(f"  {phase}: {row['kernels']} kernels, {row['us']:.1f} us", file=sys.stderr)
     for row in result.get("by_name", [])[:25]:
         print(f"  {row['launches']:4d} x {row['us']:8.1f} us  {row['name']}", file=sys.stderr)
 

@@ -22,3 +22,39 @@ def test_smoke_run_writes_the_profile_and_the_optimised_hlo(tmp_path):
     assert result["steps"][0] > result["steps"][1] > 0
     assert result["device_ms_per_step"] > 0 and result["method"] in ("wall", "cupti")
     assert "while" in (tmp_path / "small_b1_hlo.txt").read_text()
+
+
+HLO = """\
+%fused_reduce.7 (param_0: f32[8]) -> f32[] {
+  %reduce.1 = f32[] reduce(%param_0, %c), metadata={op_name="jit(f)/while/body/verify_forward/layer_0/reduce_sum"}
+}
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %input_reduce_fusion.7 = f32[] fusion(%x), kind=kInput, calls=%fused_reduce.7, metadata={scheduling_name="input_reduce_fusion.7"}
+  %loop_add_fusion.2 = f32[8] fusion(%x), kind=kLoop, calls=%fused_add.2, metadata={op_name="jit(f)/while/body/commit/add"}
+  %wrapped_not = pred[] fusion(%y), kind=kLoop, calls=%wrapped_not_computation, metadata={op_name="jit(f)/while/body/not"}
+}
+"""  # noqa: E501
+
+
+def test_kernels_are_attributed_to_the_loop_phase_their_hlo_names():
+    phases = profile_step.instruction_phases(HLO)
+    # own metadata; metadata found inside the called computation; a scope outside PHASES
+    assert phases["loop_add_fusion_2"] == "commit"
+    assert phases["input_reduce_fusion_7"] == "verify_forward"
+    assert phases["wrapped_not"] == "other"
+    step = [("input_reduce_fusion_7", 2.0), ("loop_add_fusion_2", 1.0), ("entry_mosaic", 5.0),
+            ("input_reduce_fusion_7", 2.5)]  # fmt: skip
+    assert profile_step.by_phase(step, phases) == {
+        "entry_mosaic": {"kernels": 1, "us": 5.0},  # no instruction of that name: its own
+        "verify_forward": {"kernels": 2, "us": 4.5},
+        "commit": {"kernels": 1, "us": 1.0},
+    }
+
+
+def test_a_speculative_smoke_profile_names_the_draft_phase(tmp_path):
+    args = ["--smoke", "--drafter", "self", "--depth", "2", "--new", "8", "--prompt-len", "16"]
+    profile_step.main([*args, "--out", str(tmp_path)])
+    hlo = (tmp_path / "small_b1_self_chain2_hlo.txt").read_text()
+    phases = set(profile_step.instruction_phases(hlo).values())
+    assert {"draft", "verify_forward", "commit"} <= phases
