@@ -78,11 +78,11 @@ import specdec
 from drafters import DraftModel
 from experiments import bench_tree_attention as bta
 from experiments.bench_decode import timed_step_seconds
+from experiments.profile_step import loop_runs
 from experiments.train_reference_gpu import TREE
 from specdec.checkpoint import expand_table
 from specdec.config import llama3_8b_config, tiny_config
-from specdec.engine.generate import clear_compiled_loops, prepare
-from specdec.engine.loop import decode_loop
+from specdec.engine.generate import clear_compiled_loops
 from specdec.model import Transformer
 from specdec.verify import verify_reference
 from train.configs import get_config, matmul_params
@@ -382,15 +382,7 @@ def device_step(ctx, model, prompts, max_new, **kwargs) -> dict:
     """Device (CUPTI) and wall ms per decode step and kernels per step, from two loop lengths
     sharing one compiled loop (prefill and launch costs cancel in the difference)."""
     timer = ctx["timer"]
-    runs = []
-    fn = None
-    for new in (max_new, max_new // 2 + 1):
-        prepared = prepare(model, prompts, max_new_tokens=new, **kwargs)
-        if fn is None:  # not donating: the timer calls it many times on the same arguments
-            fn = jax.jit(lambda *a, p=prepared: decode_loop(*a, policy=p.policy, shape=p.shape))
-        steps = int(fn(*prepared.args).steps)
-        runs.append((steps, timer(fn, [prepared.args])))
-    (s_full, full), (s_half, half) = runs
+    ((s_full, full), (s_half, half)), _ = loop_runs(model, prompts, max_new, timer, **kwargs)
     steps = max(s_full - s_half, 1)
     out = {
         "method": timer.method,

@@ -106,18 +106,28 @@ def steady_step(ordered: list, outside: int, steps: int, per_step: int) -> list:
     return ordered[start : start + per_step]
 
 
-def profile(model, prompts, new: int, timer: Timer, **kwargs) -> dict:
-    """Two loop lengths sharing one compiled loop: per-step device / wall time and kernels, the
-    ordered kernels of one steady step, and the compiled loop's HLO text."""
-    runs, fn, hlo = [], None, ""
+def loop_runs(model, prompts, new: int, timer: Timer, *, max_reps: int = 400, **kwargs):
+    """The decode loop timed at `new` and `new // 2 + 1` new tokens, one compiled executable per
+    loop shape (the two share one when the buckets agree, so prefill and launch costs cancel in
+    the difference): ([(steps, timing), (steps, timing)], the loop's optimised HLO text)."""
+    runs, executables = [], {}
     for max_new in (new, new // 2 + 1):
         prepared = prepare(model, prompts, max_new_tokens=max_new, **kwargs)
-        if fn is None:
-            fn = jax.jit(lambda *a, p=prepared: decode_loop(*a, policy=p.policy, shape=p.shape))
-            hlo = fn.lower(*prepared.args).compile().as_text()
-        steps = int(fn(*prepared.args).steps)
-        runs.append((steps, timer(fn, [prepared.args], max_reps=20), prepared))
-    (s_full, full, _), (s_half, half, _) = runs
+        if prepared.shape not in executables:  # not donating: the timer reuses the arguments
+            loop = jax.jit(lambda *a, p=prepared: decode_loop(*a, policy=p.policy, shape=p.shape))
+            executables[prepared.shape] = loop.lower(*prepared.args).compile()
+        run = executables[prepared.shape]
+        steps = int(run(*prepared.args).steps)
+        runs.append((steps, timer(run, [prepared.args], max_reps=max_reps)))
+    return runs, next(iter(executables.values())).as_text()
+
+
+def profile(model, prompts, new: int, timer: Timer, **kwargs) -> tuple[dict, str]:
+    """Per-step device / wall time and kernels, the ordered kernels of one steady step (by name
+    and by phase), and the compiled loop's HLO text (`loop_runs`)."""
+    ((s_full, full), (s_half, half)), hlo = loop_runs(
+        model, prompts, new, timer, max_reps=20, **kwargs
+    )
     steps = max(s_full - s_half, 1)
     out = dict(
         method=timer.method,
