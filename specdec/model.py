@@ -158,7 +158,7 @@ class RMSNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         xf = x.astype(jnp.float32)
-        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        xf = xf * self._inv_rms(xf)
         return (self.weight[...].astype(jnp.float32) * xf).astype(x.dtype)
 
     def factors(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -166,8 +166,11 @@ class RMSNorm(nnx.Module):
         as its two factors, for a projection that applies the per-token one to its product
         (`_einsum(row_scale=...)`), so no normalised copy of x is written between the two."""
         xf = x.astype(jnp.float32)
-        inv_rms = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return (self.weight[...].astype(jnp.float32) * xf).astype(x.dtype), inv_rms
+        return (self.weight[...].astype(jnp.float32) * xf).astype(x.dtype), self._inv_rms(xf)
+
+    def _inv_rms(self, xf: jax.Array) -> jax.Array:
+        """xf [..., D] float32 -> 1 / rms [..., 1]."""
+        return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
 
 
 class Attention(nnx.Module):
