@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FIXTURES
 from stats import STAT_LENGTH, STAT_PROMPT, STAT_SAMPLES, chi_square_pvalue, sequence_index
 
 import specdec
@@ -295,14 +294,13 @@ def _ulp_perturbed(model: specdec.Model) -> specdec.Model:
     """A copy of `model` with every weight scaled by (1 + 1e-7 * standard normal noise)."""
     from flax import nnx
 
-    copy = specdec.load(FIXTURES / "llama", dtype="float32", attention=model.attention)
-    module = copy.module()
+    module = nnx.clone(model.module())
     leaves, tree = jax.tree.flatten(nnx.state(module, nnx.Param))
     keys = jax.random.split(jax.random.key(0), len(leaves))
     noise = lambda x, key: x * (1 + 1e-7 * jax.random.normal(key, x.shape))
     noisy = [noise(x, key) for x, key in zip(leaves, keys, strict=True)]
     nnx.update(module, jax.tree.unflatten(tree, noisy))
-    return copy
+    return specdec.Model(module)
 
 
 def _departures(sets, want, got) -> tuple[int, int]:
@@ -325,11 +323,16 @@ def _generate_sets(model, sets, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def ulp_baseline(llama):
+def perturbed(llama):
+    return _ulp_perturbed(llama)
+
+
+@pytest.fixture(scope="module")
+def ulp_baseline(llama, perturbed):
     """Plain INT8 outputs per prompt set, and how far ulp-level weight noise moves them."""
     sets = _prompt_sets()
     plain = _generate_sets(llama, sets, kv_cache=MODE)
-    noisy = _generate_sets(_ulp_perturbed(llama), sets, kv_cache=MODE)
+    noisy = _generate_sets(perturbed, sets, kv_cache=MODE)
     return sets, plain, _departures(sets, plain, noisy)
 
 
@@ -339,13 +342,13 @@ def _within_ulp_noise(baseline, got) -> bool:
     return count <= noise and first >= MODE.group + MODE.recent  # no quantised read before that
 
 
-def test_int8_greedy_decoding_is_chaotic_at_ulp_scale(llama, ulp_baseline):
+def test_int8_greedy_decoding_is_chaotic_at_ulp_scale(llama, perturbed, ulp_baseline):
     """Why exact equality is not asserted: 1e-7 relative weight noise changes some plain INT8
     sequences and no float-cache sequence."""
     sets, _, (noise, _) = ulp_baseline
     assert 0 < noise < len(sets) * 3 // 2
     dense = _generate_sets(llama, sets)
-    assert _departures(sets, dense, _generate_sets(_ulp_perturbed(llama), sets)) == (0, 10**9)
+    assert _departures(sets, dense, _generate_sets(perturbed, sets)) == (0, 10**9)
 
 
 @pytest.mark.parametrize("policy", [Chain(5), Static(TREE)], ids=["chain", "static"])
