@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from specdec import projection
 from specdec.attention import attend, attend_block, causal_attention
 from specdec.cache import Cache, Region
 from specdec.config import ModelConfig
@@ -32,15 +33,10 @@ def _matmul_precision(dtype) -> jax.lax.Precision:
 
 
 def _einsum(spec: str, x: jax.Array, w: jax.Array, dtype, row_scale=None) -> jax.Array:
-    """x [B, T, ...] times w in `dtype` with float32 accumulation; `row_scale` [B, T, 1] float32
-    multiplies each token's row of the product before it is rounded to `dtype`."""
-    out = jnp.einsum(
-        spec,
-        x.astype(dtype),
-        w.astype(dtype),
-        precision=_matmul_precision(dtype),
-        preferred_element_type=jnp.float32,
-    )
+    """x [B, T, ...] times w in `dtype` with float32 accumulation (`projection.project`: a
+    kernel for decode-sized B x T); `row_scale` [B, T, 1] float32 multiplies each token's row of
+    the product before it is rounded to `dtype`."""
+    out = projection.project(spec, x, w, dtype, _matmul_precision(dtype))
     if row_scale is not None:
         out = out * row_scale.reshape(row_scale.shape[:2] + (1,) * (out.ndim - 2))
     return out.astype(dtype)
