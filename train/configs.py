@@ -64,6 +64,7 @@ class TrainConfig:
     distill_weight: float = 0.0  # loss = (1 - w) * CE + w * KL(teacher || student), with a teacher
     distill_temperature: float = 1.0  # both distributions softened by T; KL scaled by T^2
     layerskip: LayerSkip | None = None  # early-exit training (train.layerskip); None: plain CE
+    loss_chunk: int = 0  # tokens per cross-entropy chunk (0: the whole [B, L, V] logits at once)
 
     def __post_init__(self):
         if self.batch_size < 1 or self.seq_len < 1 or self.steps < 1:
@@ -80,6 +81,13 @@ class TrainConfig:
             self.layerskip.check(self.model.num_layers)
             if self.distill_weight > 0:
                 raise ValueError(f"layerskip cannot be combined with {self.distill_weight=} > 0")
+        if self.loss_chunk < 0 or (self.loss_chunk and self.tokens_per_step % self.loss_chunk):
+            raise ValueError(
+                f"{self.loss_chunk=} must be 0 or a positive divisor of batch_size * seq_len = "
+                f"{self.tokens_per_step}"
+            )
+        if self.loss_chunk and (self.layerskip is not None or self.distill_weight > 0):
+            raise ValueError(f"{self.loss_chunk=} applies to the plain CE loss only")
         if self.model.vocab_size != self.tokenizer.vocab_size:
             raise ValueError(
                 f"model vocab_size={self.model.vocab_size} differs from the tokenizer's "
@@ -97,11 +105,14 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """Every field as plain data; `layerskip` only when set, so configs without it keep the
-        fingerprints (checkpoints, cached reference pairs) they had before it existed."""
+        """Every field as plain data; `layerskip` and `loss_chunk` only when set, so configs
+        without them keep the fingerprints (checkpoints, cached reference pairs) they had before
+        they existed."""
         fields = dataclasses.asdict(self)
         if self.layerskip is None:
             del fields["layerskip"]
+        if not self.loss_chunk:  # likewise: fields added later are left out at their default
+            del fields["loss_chunk"]
         return fields
 
     def fingerprint(self) -> str:

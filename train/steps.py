@@ -44,10 +44,14 @@ class ModelDef:
 
     def logits(self, params: Params, inputs: jax.Array) -> jax.Array:
         """Causal forward: inputs int32 [B, L] -> float32 logits [B, L, V]."""
+        return self.module(params).logits(self.hidden(params, inputs))
+
+    def hidden(self, params: Params, inputs: jax.Array) -> jax.Array:
+        """Causal forward up to the final norm: inputs int32 [B, L] -> [B, L, D]."""
         module = self.module(params)
         batch, length = inputs.shape
         positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-        return module.logits(module(inputs, positions).hidden)
+        return module(inputs, positions).hidden
 
 
 # ---- schedule and optimizer --------------------------------------------------------------------
@@ -104,6 +108,27 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(logits, axis=-1) - picked
 
 
+def chunked_token_nll(
+    module: Transformer, hidden: jax.Array, targets: jax.Array, chunk: int
+) -> jax.Array:
+    """token_nll(module.logits(hidden), targets) computed `chunk` tokens at a time, each chunk's
+    logits recomputed in the backward pass: hidden [B, L, D], targets [B, L] -> [B, L]. No
+    [B, L, V] array exists, forward or backward (only [chunk, V])."""
+    batch, length, dim = hidden.shape
+    if (batch * length) % chunk:
+        raise ValueError(f"{chunk=} does not divide the {batch * length} tokens of the batch")
+
+    @jax.checkpoint
+    def one(args):
+        h, t = args  # [chunk, D], [chunk]
+        return token_nll(module.logits(h), t)
+
+    nll = jax.lax.map(
+        one, (hidden.reshape(-1, chunk, dim), targets.reshape(-1, chunk))
+    )  # [B * L / chunk, chunk]
+    return nll.reshape(batch, length)
+
+
 def distill_kl(student: jax.Array, teacher: jax.Array, temperature: float) -> jax.Array:
     """KL(teacher || student) per token, both softened by `temperature`, times T^2 (Hinton et al.,
     so its gradients keep their scale as T changes): logits [B, L, V] -> [B, L]."""
@@ -147,9 +172,13 @@ def make_train_step(
                 model.module(params), inputs, targets, recipe, key, step, total_steps
             )
             return loss, {"loss": loss, "kl": jnp.zeros((), jnp.float32), **metrics}
+        kl = jnp.zeros((), jnp.float32)
+        if cfg.loss_chunk:  # TrainConfig forbids it with distillation
+            hidden = model.hidden(params, inputs)  # [B, L, D]
+            ce = chunked_token_nll(model.module(params), hidden, targets, cfg.loss_chunk).mean()
+            return ce, {"loss": ce, "ce": ce, "kl": kl}
         logits = model.logits(params, inputs)  # [B, L, V]
         ce = token_nll(logits, targets).mean()
-        kl = jnp.zeros((), jnp.float32)
         if weight > 0.0:
             teacher_logits = teacher.logits(teacher_params, inputs)  # [B, L, V]
             kl = distill_kl(logits, teacher_logits, cfg.distill_temperature).mean()

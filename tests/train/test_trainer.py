@@ -365,3 +365,43 @@ def test_remat_when_the_step_would_not_fit_gives_the_same_training(micro_data, m
         params_of(squeezed),
         params_of(plain),
     )
+
+
+def test_chunked_cross_entropy_gives_the_same_loss_and_gradients(micro_data):
+    """loss_chunk computes the CE a chunk of tokens at a time (logits recomputed backward): the
+    loss and the updated parameters equal the whole-logits step's in float32."""
+    cfg = micro_config()
+    trainer = Trainer(cfg, micro_data, progress=False)
+    model, params = trainer.model, jax.device_get(trainer.state.params)
+    tokens = jnp.asarray(Batches(micro_data.train, 8, 32)(0))
+    results = []
+    for chunk in (0, 64, 256):
+        chunked = cfg.replace(loss_chunk=chunk)
+        state, metrics = jax.jit(make_train_step(model, chunked))(
+            init_state(params, chunked), tokens, jnp.float32(1e-3)
+        )
+        results.append((float(metrics["loss"]), float(metrics["grad_norm"]), state.params))
+    for loss, norm, new in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-6)
+        assert norm == pytest.approx(results[0][1], rel=1e-5)
+        for a, b in zip(jax.tree.leaves(results[0][2]), jax.tree.leaves(new), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "overrides, problem",
+    [
+        (dict(loss_chunk=-1), "loss_chunk"),
+        (dict(loss_chunk=100), "divisor"),  # 8 x 32 tokens per step
+        (dict(loss_chunk=64, distill_weight=0.5), "plain CE"),
+    ],
+)
+def test_loss_chunk_must_divide_the_batch_and_apply_to_plain_ce(overrides, problem):
+    with pytest.raises(ValueError, match=problem):
+        micro_config(**overrides)
+
+
+def test_loss_chunk_left_at_zero_keeps_the_fingerprint():
+    cfg = micro_config()
+    assert "loss_chunk" not in cfg.to_dict()
+    assert cfg.replace(loss_chunk=64).fingerprint() != cfg.fingerprint()
