@@ -6,13 +6,13 @@
     # the same code path on a CPU, in interpret mode (a few seconds; timings mean nothing)
     PYTHONPATH=. .venv/bin/python experiments/bench_matvec.py --smoke --out /tmp/bm
 
-Problems: the Llama-3-8B and `small` (100M) projections (qkv, o, gate_up, down) at M in {1, 8},
-plus M in {5, 16} for the 8B qkv. Per problem, all timed with CUPTI device time summed over the
+Problems: the Llama-3-8B and `small` (100M) projections (qkv, o, gate_up, down; `small`'s LM head)
+at M in {1, 8}, plus M in {5, 16} for the 8B qkv. Per problem, all timed with CUPTI device time summed over the
 call's kernels (bench_tree_attention.Timer; wall clock where CUPTI is missing), inputs rotated so
 that each call reads w from HBM, not L2:
   xla      jnp.dot(x, w, preferred_element_type=float32), as XLA compiles it (autotuned GEMM)
   default  the kernel with matvec_triton.default_blocks
-  sweep    stage 1: every (block_n, block_k, splits) that tiles the shape with >= 1 and <= 4
+  sweep    stage 1: every (block_n, block_k, splits) that tiles the shape with >= 1 and <= 8
            programs per SM (or the most programs any tiling gives) and fits registers / shared
            memory, at 4 warps and 4 stages, for each accumulation (tensor-core dot; broadcast
            product for M_pad <= 8; deferred reduction for M_pad <= 2); stage 2: the best
@@ -55,6 +55,7 @@ SHAPES = {
     "small_o": (768, 768),
     "small_gate_up": (768, 4096),
     "small_down": (2048, 768),
+    "small_head": (768, 16384),
 }
 PROBLEMS = [(name, m) for name in SHAPES for m in (1, 8)] + [("8b_qkv", 5), ("8b_qkv", 16)]
 SMOKE_SHAPES = {"tiny_a": (256, 128), "tiny_b": (512, 256)}
@@ -62,7 +63,7 @@ SMOKE_PROBLEMS = [("tiny_a", 1), ("tiny_b", 5)]
 
 BLOCK_N = (32, 64, 128, 256)
 BLOCK_K = (64, 128, 256, 512)
-SPLITS = (1, 2, 4, 8, 16)
+SPLITS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 WARPS = (4, 8)
 STAGES = (3, 4, 5)
 STAGE2_TOP = 3  # stage-1 configs refined over warps x stages
@@ -113,7 +114,7 @@ def stage1_blocks(p: Problem, num_cores: int) -> list[MatvecBlocks]:
     if not tilings:
         return []
     most = max((p.n // bn) * s for bn, _, s in tilings)
-    low, high = min(num_cores, most), 4 * num_cores
+    low, high = min(num_cores, most), 8 * num_cores
     out = []
     for bn, bk, s in tilings:
         if not low <= (p.n // bn) * s <= high or bk * bn * 2 * 4 > MAX_SMEM_BYTES:

@@ -65,9 +65,22 @@ class MatvecBlocks:
     once after the loop instead of every step (fewer cross-thread reductions, more registers)."""
 
 
-# Tuned tilings, (M, K, N) -> blocks, from experiments/bench_matvec.py on the GPU; consulted before
-# the heuristic. Empty until the benchmark has been run.
-TUNED_BLOCKS: dict[tuple[int, int, int], MatvecBlocks] = {}
+# Tuned tilings, (M, K, N) -> blocks, consulted before the heuristic: the shapes where the sweep of
+# experiments/bench_matvec.py (H200, 2026-11-30, experiments/results/perf_h200_run7) found a tiling
+# faster than both XLA's dot and the heuristic's (Llama-3-8B q/k/v, o and gate/up at one row:
+# 15.6 / 11.6 / 55.8 us against XLA's 18.5 / 12.5 / 59.4).
+TUNED_BLOCKS: dict[tuple[int, int, int], MatvecBlocks] = {
+    (1, 4096, 6144): MatvecBlocks(32, 128, 1, num_warps=4, num_stages=5, use_dot=True),
+    (1, 4096, 4096): MatvecBlocks(128, 64, 16, num_warps=4, num_stages=4, use_dot=False),
+    (1, 4096, 28672): MatvecBlocks(64, 64, 1, num_warps=4, num_stages=3, use_dot=True),
+}
+# Where the kernel pays without a tuned tiling: one or two rows times a weight of at most this many
+# elements. There XLA rewrites the product as an elementwise multiply writing an f32 [K, N] buffer
+# plus a reduction (the `small` model's projections at one row: XLA 6.0 / 4.2 / 6.0 / 8.6 us,
+# the heuristic tiling 3.6 / 2.8 / 4.4 / 3.5 us). At 8 rows XLA's GEMMs were as fast or faster at
+# every shape measured, and the heuristic's tilings of large weights were slower than XLA's.
+HEURISTIC_MAX_ROWS = 2
+HEURISTIC_MAX_WEIGHTS = 1 << 24  # exclusive: the `small` LM head (768 x 16384) is in
 
 
 def padded_rows(m: int, use_dot: bool) -> int:
@@ -140,6 +153,15 @@ def default_blocks(m: int, k: int, n: int, *, num_cores: int = DEFAULT_NUM_CORES
             f"multiples of {BLOCK_K_CHOICES[-1]} and {BLOCK_N_CHOICES[-1]}"
         )
     return blocks
+
+
+def pays(m: int, k: int, n: int) -> bool:
+    """Whether the kernel is expected to beat XLA's dot here: a tuned shape, or few rows times a
+    small weight that the heuristic tiles (see HEURISTIC_MAX_ROWS)."""
+    if (m, k, n) in TUNED_BLOCKS:
+        return True
+    small = m <= HEURISTIC_MAX_ROWS and k * n < HEURISTIC_MAX_WEIGHTS
+    return small and _heuristic_blocks(m, k, n, DEFAULT_NUM_CORES) is not None
 
 
 def supports(m: int, k: int, n: int) -> bool:

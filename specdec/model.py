@@ -399,10 +399,7 @@ class Transformer(nnx.Module):
         """hidden [..., D] -> float32 logits [..., V]."""
         tied = self.config.tie_word_embeddings
         w = self.embed[...].T if tied else self.lm_head[...]  # [D, V]
-        return jnp.einsum(
-            "...D,DV->...V",
-            hidden.astype(self.dtype),
-            w.astype(self.dtype),
-            precision=_matmul_precision(self.dtype),
-            preferred_element_type=jnp.float32,
-        )
+        precision = _matmul_precision(self.dtype)
+        if hidden.ndim == 3 and not tied:  # [B, T, D]: a decode step's rows may take the kernel
+            return projection.project("BTD,DV->BTV", hidden, w, self.dtype, precision)
+        return projection.einsum_f32("...D,DV->...V", hidden, w, self.dtype, precision)

@@ -1,6 +1,8 @@
 """The model's projections (`specdec.projection`): which path a product takes, and every path
 computing the same product as the plain einsum."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +19,7 @@ SPECS = [  # the model's four projections: (spec, x shape, w shape)
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-@pytest.mark.parametrize("choice", ["xla", "pallas", "xla-two-rows"])
+@pytest.mark.parametrize("choice", ["xla", "pallas"])
 @pytest.mark.parametrize("spec, x_shape, w_shape", SPECS)
 def test_every_path_computes_the_einsum(monkeypatch, choice, spec, x_shape, w_shape):
     monkeypatch.setenv(projection.SKINNY_ENV, choice)
@@ -37,29 +39,21 @@ def test_paths_chosen(monkeypatch):
     monkeypatch.setenv(projection.SKINNY_ENV, "pallas")
     assert projection.implementation(1, 768, 2304, f32) == "pallas"
     assert projection.implementation(projection.MAX_ROWS + 1, 768, 2304, f32) == "xla"
-    monkeypatch.setenv(projection.SKINNY_ENV, "xla-two-rows")
-    assert projection.implementation(1, 768, 2304, f32) == "xla-two-rows"
-    assert projection.implementation(2, 768, 2304, f32) == "xla"
+
+
+def test_kernel_pays_where_it_measured_faster():
+    from kernels_pallas import matvec_triton
+
+    assert matvec_triton.pays(1, 768, 2304)  # `small` q/k/v at one row: XLA multiply + reduce
+    assert matvec_triton.pays(1, 4096, 6144)  # Llama-3-8B q/k/v at one row: a tuned tiling
+    assert not matvec_triton.pays(8, 768, 2304)  # XLA's GEMM was as fast at 8 rows
+    assert not matvec_triton.pays(1, 14336, 4096)  # 8B down: XLA faster than every tiling tried
 
 
 def test_bad_choice_is_a_clear_error(monkeypatch):
     monkeypatch.setenv(projection.SKINNY_ENV, "cublas")
     with pytest.raises(ValueError, match="SPECDEC_SKINNY_MATMUL='cublas'"):
         projection.implementation(1, 64, 64, jnp.float32)
-
-
-def test_two_rows_keeps_one_matmul_of_two_rows(monkeypatch):
-    """The experiment's point: XLA keeps a dot of two rows instead of multiply + reduce."""
-    monkeypatch.setenv(projection.SKINNY_ENV, "xla-two-rows")
-    x = jnp.ones((1, 1, 64), jnp.float32)
-    w = jnp.ones((64, 32), jnp.float32)
-    hlo = (
-        jax.jit(lambda x, w: projection.project("BTF,FD->BTD", x, w, jnp.float32, HIGHEST))
-        .lower(x, w)
-        .compile()
-        .as_text()
-    )
-    assert "f32[2,64]" in hlo and " dot(" in hlo
 
 
 @pytest.mark.parametrize("speculative", [False, True])
@@ -91,3 +85,64 @@ def test_generate_through_the_kernel_equals_xla(monkeypatch, llama, tiny_draft, 
     assert 3 in rows and (not speculative or 12 in rows)  # decode steps and 4-token verifies
     np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens)
     np.testing.assert_array_equal(outs[0].lengths, outs[1].lengths)
+
+
+def _dot_operand_types(lowered_text: str) -> set[tuple[str, str]]:
+    """(lhs, rhs) element types of every dot_general in a lowered (StableHLO) program."""
+    tensor = r"tensor<(?:[\d?]+x)*([a-z]+\d+)>"
+    found = re.findall(rf"dot_general.*: \({tensor}, {tensor}\)", lowered_text)
+    return set(found)
+
+
+@pytest.mark.parametrize(
+    "spec, x_shape, w_shape",
+    [*[s[:3] for s in SPECS], ("...D,DV->...V", (2, 3, 32), (32, 40))],  # + the LM head
+)
+def test_low_precision_backward_runs_its_matmuls_in_bf16(spec, x_shape, w_shape):
+    """einsum_f32 in bf16: the gradients equal autodiff of the bf16-rounded product to bf16
+    precision, come back in the operands' float32, and every matmul of the backward pass takes
+    bf16 operands (autodiff of the plain einsum upcasts them and runs float32 GEMMs)."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
+
+    def rounded(x, w):  # the same product, differentiated by jax in float32
+        bf = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)
+        return jnp.einsum(spec, bf(x), bf(w), precision=HIGHEST)
+
+    def mixed(x, w):
+        return projection.einsum_f32(spec, x, w, jnp.bfloat16, jax.lax.Precision.DEFAULT)
+
+    def loss(fn, x, w):
+        return jnp.sum(jnp.sin(fn(x, w)))
+
+    expected = jax.grad(loss, argnums=(1, 2))(rounded, x, w)
+    grads = jax.grad(loss, argnums=(1, 2))(mixed, x, w)
+    for got, want in zip(grads, expected, strict=True):
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, want, atol=2e-2 * float(jnp.max(jnp.abs(want))))
+    lowered = jax.jit(jax.grad(loss, argnums=(1, 2)), static_argnums=0).lower(mixed, x, w)
+    assert _dot_operand_types(lowered.as_text()) == {("bf16", "bf16")}
+    plain = jax.jit(jax.grad(loss, argnums=(1, 2)), static_argnums=0).lower(rounded, x, w)
+    assert ("f32", "f32") in _dot_operand_types(plain.as_text())  # what the test guards against
+
+
+def test_bf16_train_step_has_no_float32_matmul():
+    """The `tiny` train step in bf16 compute (XLA attention): every projection and the LM head,
+    forward and backward, multiply bf16 operands; only attention's probabilities x values mix."""
+    from flax import nnx
+
+    from specdec.model import Transformer
+    from train.configs import get_config
+    from train.steps import ModelDef, init_state, make_train_step
+
+    cfg = get_config("tiny", batch_size=2, seq_len=32)
+    module = Transformer(
+        cfg.model, rngs=nnx.Rngs(0), param_dtype=jnp.float32, dtype=jnp.bfloat16, attention="xla"
+    )
+    model, params = ModelDef.split(module)
+    tokens = jnp.zeros((2, 33), jnp.int32)
+    step = jax.jit(make_train_step(model, cfg))
+    text = step.lower(init_state(params, cfg), tokens, jnp.float32(1e-3)).as_text()
+    assert ("f32", "f32") not in _dot_operand_types(text)
+    assert ("bf16", "bf16") in _dot_operand_types(text)
