@@ -6,10 +6,10 @@
     # the same code path on a CPU, in interpret mode (a few seconds; timings mean nothing)
     PYTHONPATH=. .venv/bin/python experiments/bench_matvec.py --smoke --out /tmp/bm
 
-Problems: the Llama-3-8B and `small` (100M) projections (qkv, o, gate_up, down; `small`'s LM head)
-at M in {1, 8}, plus M in {5, 16} for the 8B qkv. Per problem, all timed with CUPTI device time summed over the
-call's kernels (bench_tree_attention.Timer; wall clock where CUPTI is missing), inputs rotated so
-that each call reads w from HBM, not L2:
+Problems: the Llama-3-8B and `small` (100M) projections (qkv, o, gate_up, down; `small`'s LM
+head) at M in {1, 8}, plus M in {5, 16} for the 8B qkv. Per problem, all timed with CUPTI device
+time summed over the call's kernels (bench_tree_attention.Timer; wall clock where CUPTI is
+missing), inputs rotated so that each call reads w from HBM, not L2:
   xla      jnp.dot(x, w, preferred_element_type=float32), as XLA compiles it (autotuned GEMM)
   default  the kernel with matvec_triton.default_blocks
   sweep    stage 1: every (block_n, block_k, splits) that tiles the shape with >= 1 and <= 8

@@ -9,9 +9,11 @@ accumulating f32 [M_pad, block_n] either on tensor cores (`use_dot`, rows padded
 broadcast product summed over the chunk. Each split writes its partial to [splits, M, N] float32,
 and the wrapper sums the splits (one small XLA reduction, fusable into the consumer).
 
-Rows are never padded in HBM: the x and output blocks span M_pad (a power of two) rows of an
-M-row array, so Triton masks the loads and stores past M (interpret mode pads them instead; a row
-of the product only depends on its own row of x, so padding never reaches the real rows).
+Rows are padded in HBM to M_pad (a power of two; at least 16 for a dot): x with zero rows (XLA
+fuses the pad into x's producer), the partials with rows that are sliced off. Blocks that span
+past an array's rows are meant to be masked by the Triton lowering, but on the H200 (jax 0.11.2) a
+16-row dot block over a 1-row product corrupted neighbouring buffers of the decode loop while its
+own output was right (experiments/results/perf_h200_run7), so no block here leaves its array.
 
 The Triton backend of Pallas is deprecated on GPU since jax 0.11 (Mosaic GPU replaces it on
 Hopper), but it still runs on every CUDA GPU and, with interpret=True, on CPU.
@@ -73,6 +75,8 @@ TUNED_BLOCKS: dict[tuple[int, int, int], MatvecBlocks] = {
     (1, 4096, 6144): MatvecBlocks(32, 128, 1, num_warps=4, num_stages=5, use_dot=True),
     (1, 4096, 4096): MatvecBlocks(128, 64, 16, num_warps=4, num_stages=4, use_dot=False),
     (1, 4096, 28672): MatvecBlocks(64, 64, 1, num_warps=4, num_stages=3, use_dot=True),
+    # `small`'s LM head at one row: 7.8 us against XLA's 11.7 and the heuristic's 12.3.
+    (1, 768, 16384): MatvecBlocks(64, 64, 1, num_warps=4, num_stages=4, use_dot=True),
 }
 # Where the kernel pays without a tuned tiling: one or two rows times a weight of at most this many
 # elements. There XLA rewrites the product as an elementwise multiply writing an f32 [K, N] buffer
@@ -230,6 +234,7 @@ def skinny_matmul(
     bs = block_sizes or default_blocks(m, k, n, num_cores=num_cores())
     check_blocks(m, k, n, bs)
     rows = padded_rows(m, bs.use_dot)
+    x = jnp.pad(x, ((0, rows - m), (0, 0)))  # [M_pad, K]: no block leaves its array (module doc)
     k_split = k // bs.splits
     kernel = functools.partial(
         _skinny_matmul_kernel,
@@ -246,11 +251,12 @@ def skinny_matmul(
             pl.BlockSpec((k_split, bs.block_n), lambda j, s: (s, j)),
         ],
         out_specs=pl.BlockSpec((None, rows, bs.block_n), lambda j, s: (s, 0, j)),
-        out_shape=jax.ShapeDtypeStruct((bs.splits, m, n), jnp.float32),
+        out_shape=jax.ShapeDtypeStruct((bs.splits, rows, n), jnp.float32),
         compiler_params=pltriton.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages),
         interpret=interpret,
         name="skinny_matmul_triton",
-    )(x, w)  # [splits, M, N]
+    )(x, w)  # [splits, M_pad, N]
+    partials = partials[:, :m]  # [splits, M, N]
     return partials[0] if bs.splits == 1 else partials.sum(axis=0)
 
 

@@ -1,7 +1,8 @@
 """The skinny-matmul Triton kernel against XLA's dot, on CPU in Pallas interpret mode.
 
-Interpret mode pads the row blocks past M with NaN, so a finite output also shows that padded
-rows never reach the real ones. Interpret mode does not lower to Triton: the kernel is also checked
+Rows are padded to the block's rows in the wrapper (no block may span past its array: on the H200
+such a block corrupted neighbouring buffers); a test pins that on the traced pallas_call.
+Interpret mode does not lower to Triton: the kernel is also checked
 to lower for CUDA (jax.export) at the model shapes. Shapes are tiny: interpret mode runs the grid
 as a loop of XLA ops.
 """
@@ -151,3 +152,28 @@ def test_lowers_to_triton_for_cuda(m, shape, blocks):
         )
     assert "__gpu$xla.gpu.triton" in exported.mlir_module()
     assert exported.out_avals[0].shape == (m, n)
+
+
+@pytest.mark.parametrize("m, use_dot", [(1, True), (5, False), (5, True), (16, True)])
+def test_no_block_spans_past_its_array(m, use_dot):
+    """Every operand and result of the pallas_call has exactly the block's rows (M padded in the
+    wrapper), so the kernel relies on no masking of out-of-array rows."""
+    k, n = 256, 128
+    bs = MatvecBlocks(32, 64, splits=2, use_dot=use_dot)
+    x, w = make_inputs(0, m, k, n, jnp.float32)
+    jaxpr = jax.make_jaxpr(functools.partial(skinny_matmul, block_sizes=bs, interpret=True))(x, w)
+    calls = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "pallas_call"]
+    assert len(calls) == 1
+    rows = mv.padded_rows(m, use_dot)
+    assert calls[0].invars[0].aval.shape == (rows, k)
+    assert calls[0].outvars[0].aval.shape == (2, rows, n)
+
+
+def _equations(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            if hasattr(param, "jaxpr") and hasattr(param.jaxpr, "eqns"):
+                yield from _equations(param.jaxpr)
+            elif hasattr(param, "eqns"):
+                yield from _equations(param)
