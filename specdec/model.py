@@ -36,10 +36,7 @@ def _einsum(spec: str, x: jax.Array, w: jax.Array, dtype, row_scale=None) -> jax
     """x [B, T, ...] times w in `dtype` with float32 accumulation (`projection.project`: a
     kernel for decode-sized B x T); `row_scale` [B, T, 1] float32 multiplies each token's row of
     the product before it is rounded to `dtype`."""
-    out = projection.project(spec, x, w, dtype, _matmul_precision(dtype))
-    if row_scale is not None:
-        out = out * row_scale.reshape(row_scale.shape[:2] + (1,) * (out.ndim - 2))
-    return out.astype(dtype)
+    return projection.project(spec, x, w, dtype, _matmul_precision(dtype), row_scale).astype(dtype)
 
 
 @functools.cache

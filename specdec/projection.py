@@ -47,70 +47,96 @@ def implementation(rows: int, k: int, n: int, dtype) -> str:
     return "pallas" if gpu and low and matvec_triton.pays(rows, k, n) else "xla"
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3, 4))
-def _low_precision_einsum(spec: str, x: jax.Array, w: jax.Array, dtype, precision) -> jax.Array:
-    return jnp.einsum(
+def _rows(scale: jax.Array, ndim: int) -> jax.Array:
+    """A per-token factor [B, T, 1] shaped to broadcast over an [B, T, ...] array of `ndim`."""
+    return scale.reshape(scale.shape[:2] + (1,) * (ndim - 2))
+
+
+def _product(spec, x, w, row_scale, dtype, precision) -> jax.Array:
+    out = jnp.einsum(
         spec,
         x.astype(dtype),
         w.astype(dtype),
         precision=precision,
         preferred_element_type=jnp.float32,
     )
+    return out if row_scale is None else out * _rows(row_scale, out.ndim)
 
 
-def _low_precision_fwd(spec, x, w, dtype, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5))
+def _mixed_product(spec, x, w, row_scale, dtype, precision) -> jax.Array:
+    return _product(spec, x, w, row_scale, dtype, precision)
+
+
+def _mixed_fwd(spec, x, w, row_scale, dtype, precision):
     x_low, w_low = x.astype(dtype), w.astype(dtype)
-    out = jnp.einsum(spec, x_low, w_low, precision=precision, preferred_element_type=jnp.float32)
-    return out, (x_low, w_low, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+    out = _product(spec, x_low, w_low, row_scale, dtype, precision)
+    kinds = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))  # the dtypes to return
+    return out, (x_low, w_low, row_scale, kinds)
 
 
-def _low_precision_bwd(spec, dtype, precision, residuals, grad):
-    x_low, w_low, x_type, w_type = residuals
+def _mixed_bwd(spec, dtype, precision, residuals, grad):
+    x_low, w_low, scale, (x_kind, w_kind) = residuals
     (x_axes, w_axes), out_axes = spec.split("->")[0].split(","), spec.split("->")[1]
+    f32 = jnp.float32
     grad = grad.astype(dtype)  # the product's cotangent in the compute dtype: low-precision GEMMs
-    dx = jnp.einsum(
+    dx = jnp.einsum(  # the unscaled g @ w^T, [B, T, *x]
         f"{out_axes},{w_axes}->{x_axes}",
         grad,
         w_low,
         precision=precision,
-        preferred_element_type=jnp.float32,
+        preferred_element_type=f32,
     )
+    x_for_w, d_scale = x_low, None
+    if scale is not None:
+        rows = _rows(scale, dx.ndim)
+        # d scale = sum over the product's features of g * (x @ w) = sum over x's of x * (g @ w^T):
+        # a reduction over x's features, not over the (larger) product's.
+        d_scale = jnp.sum(x_low.astype(f32) * dx, axis=tuple(range(2, dx.ndim)))
+        d_scale = d_scale.reshape(scale.shape).astype(scale.dtype)
+        dx = dx * rows
+        x_for_w = (x_low.astype(f32) * rows).astype(dtype)
     dw = jnp.einsum(
         f"{x_axes},{out_axes}->{w_axes}",
-        x_low,
+        x_for_w,
         grad,
         precision=precision,
-        preferred_element_type=jnp.float32,
+        preferred_element_type=f32,
     )
-    return dx.astype(x_type.dtype), dw.astype(w_type.dtype)
+    return dx.astype(x_kind.dtype), dw.astype(w_kind.dtype), d_scale
 
 
-_low_precision_einsum.defvjp(_low_precision_fwd, _low_precision_bwd)
+_mixed_product.defvjp(_mixed_fwd, _mixed_bwd)
 
 
-def einsum_f32(spec: str, x: jax.Array, w: jax.Array, dtype, precision) -> jax.Array:
-    """jnp.einsum(spec, x, w) with both operands cast to `dtype` and a float32 product. For a
-    16-bit `dtype` the backward pass casts the product's float32 cotangent to `dtype` first, so
-    both of its matmuls run in `dtype` with float32 accumulation (autodiff of the plain einsum
-    would upcast the other operand and run them as float32 GEMMs); the gradients come back in
-    x's and w's own dtypes (w's float32 master weights get a float32 gradient). Spec: explicit
-    axes, each in exactly two of the three terms."""
+def einsum_f32(
+    spec: str, x: jax.Array, w: jax.Array, dtype, precision, row_scale: jax.Array | None = None
+) -> jax.Array:
+    """jnp.einsum(spec, x, w) with both operands cast to `dtype` and a float32 product, each token's
+    row times `row_scale` [B, T, 1] if given (spec "BT...": x's first two axes are the product's).
+
+    For a 16-bit `dtype` the backward pass is written by hand: the product's float32 cotangent is
+    cast to `dtype` first, so both matmuls run in `dtype` with float32 accumulation (autodiff of
+    the plain einsum would upcast the other operand and run them as float32 GEMMs), and the
+    gradient of `row_scale` is reduced over x's features instead of the product's (autodiff would
+    keep the float32 product for it). Gradients come back in x's, w's and row_scale's own dtypes.
+    Spec: explicit axes (or "..."), each in exactly two of the three terms."""
     if jnp.dtype(dtype) == jnp.float32:
-        return jnp.einsum(
-            spec,
-            x.astype(dtype),
-            w.astype(dtype),
-            precision=precision,
-            preferred_element_type=jnp.float32,
-        )
-    return _low_precision_einsum(spec, x, w, dtype, precision)
+        return _product(spec, x, w, row_scale, dtype, precision)
+    return _mixed_product(spec, x, w, row_scale, dtype, precision)
 
 
 def project(
-    spec: str, x: jax.Array, w: jax.Array, dtype, precision: jax.lax.Precision
+    spec: str,
+    x: jax.Array,
+    w: jax.Array,
+    dtype,
+    precision: jax.lax.Precision,
+    row_scale: jax.Array | None = None,
 ) -> jax.Array:
-    """jnp.einsum(spec, x, w) in `dtype` with float32 accumulation and a float32 result, where
-    spec is "BT<c>,<c><o>->BT<o>": x [B, T, *c] contracts its trailing axes with w's leading."""
+    """jnp.einsum(spec, x, w) in `dtype` with float32 accumulation and a float32 result (each
+    token's row times `row_scale` [B, T, 1] if given), where spec is "BT<c>,<c><o>->BT<o>": x
+    [B, T, *c] contracts its trailing axes with w's leading (`einsum_f32` for its gradients)."""
     inputs, out = spec.split("->")
     x_axes, w_axes = inputs.split(",")
     contracted, kept = x_axes[2:], w_axes[len(x_axes) - 2 :]
@@ -119,10 +145,11 @@ def project(
     matrix_form = w_axes.startswith(contracted) and out == x_axes[:2] + kept
     path = implementation(rows, k, n, dtype) if matrix_form else "xla"
     if path == "xla":
-        return einsum_f32(spec, x, w, dtype, precision)
+        return einsum_f32(spec, x, w, dtype, precision, row_scale)
     x, w = x.astype(dtype), w.astype(dtype)
     x2, w2 = x.reshape(rows, k), w.reshape(k, n)  # [M, K], [K, N]
     from kernels_pallas import matvec_triton
 
     y = matvec_triton.skinny_matmul(x2, w2, interpret=jax.default_backend() != "gpu")
-    return y.reshape(x.shape[:2] + w.shape[len(contracted) :])  # [B, T, *o]
+    y = y.reshape(x.shape[:2] + w.shape[len(contracted) :])  # [B, T, *o]
+    return y if row_scale is None else y * _rows(row_scale, y.ndim)

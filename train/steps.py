@@ -104,7 +104,10 @@ class TrainState:
 
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Negative log-likelihood of each target: logits f32 [B, L, V], targets [B, L] -> [B, L]."""
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # [B, L]
+    # The target's logit as a masked sum, not a gather: its gradient is then an elementwise mask
+    # that fuses with the softmax's, where a gather's is a scatter into a zero [B, L, V] array.
+    vocab = jnp.arange(logits.shape[-1], dtype=targets.dtype)  # [V]
+    picked = jnp.sum(jnp.where(vocab == targets[..., None], logits, 0.0), axis=-1)  # [B, L]
     return jax.nn.logsumexp(logits, axis=-1) - picked
 
 

@@ -22,6 +22,7 @@ from train.steps import (
     init_state,
     learning_rate,
     make_train_step,
+    token_nll,
 )
 from train.tokenizer import TokenizerConfig
 from train.tokens import Batches, eval_batches
@@ -229,6 +230,19 @@ def test_distillation_loss_is_zero_when_student_is_the_teacher(micro_data):
     other = jax.device_get(Trainer(micro_config(seed=1), micro_data, progress=False).state.params)
     _, metrics = step(init_state(params, cfg), tokens, jnp.float32(0.0), other)
     assert float(metrics["kl"]) > 1e-4
+
+
+def test_token_nll_is_minus_the_log_softmax_of_the_target_with_its_gradient():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 3, 7)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 7, size=(2, 3)), jnp.int32)
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    expected = -jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(token_nll(logits, targets), expected, rtol=1e-6)
+    grad = jax.grad(lambda z: token_nll(z, targets).sum())(logits)
+    np.testing.assert_allclose(
+        grad, jax.nn.softmax(logits, axis=-1) - jax.nn.one_hot(targets, 7), atol=1e-6
+    )
 
 
 def test_distill_kl_matches_its_definition():
