@@ -88,10 +88,9 @@ HEURISTIC_MAX_WEIGHTS = 1 << 24  # exclusive: the `small` LM head (768 x 16384) 
 
 
 def padded_rows(m: int, use_dot: bool) -> int:
-    """Rows of the x and output blocks: M rounded up to a power of two, at least 16 for a dot of
-    several rows (one row is broadcast to the dot's 16 in registers, so it is never padded)."""
+    """Rows of the x and output blocks: M rounded up to a power of two (at least 16 for a dot)."""
     rows = pl.next_power_of_2(m)
-    return max(rows, DOT_MIN_ROWS) if use_dot and m > 1 else rows
+    return max(rows, DOT_MIN_ROWS) if use_dot else rows
 
 
 def check_blocks(m: int, k: int, n: int, bs: MatvecBlocks) -> None:
@@ -202,18 +201,12 @@ def _skinny_matmul_kernel(
         return x.astype(jnp.float32)[:, :, None] * w.astype(jnp.float32)[None, :, :]
 
     if use_dot:
-        # One row goes to the tensor cores as 16 copies of itself (no padded x in HBM, no pad
-        # kernel before the call); the copies' identical results are folded back with a max.
-        dot_rows = max(rows, DOT_MIN_ROWS)
 
-        def step(i, acc):  # acc: [dot_rows, block_n] float32
+        def step(i, acc):  # acc: [M_pad, block_n] float32
             x, w = tiles(i)
-            x = jnp.broadcast_to(x, (dot_rows, block_k))
             return acc + lax.dot(x, w, precision=precision, preferred_element_type=jnp.float32)
 
-        out = lax.fori_loop(0, steps, step, jnp.zeros((dot_rows, block_n), jnp.float32))
-        if dot_rows != rows:
-            out = jnp.max(out, axis=0, keepdims=True)  # [1, block_n]
+        out = lax.fori_loop(0, steps, step, jnp.zeros((rows, block_n), jnp.float32))
     elif defer_reduce:
         step = lambda i, acc: acc + product(*tiles(i))  # acc: [M_pad, block_k, block_n]
         acc = lax.fori_loop(0, steps, step, jnp.zeros((rows, block_k, block_n), jnp.float32))
