@@ -79,6 +79,7 @@ from drafters import DraftModel
 from experiments import bench_tree_attention as bta
 from experiments.bench_decode import timed_step_seconds
 from experiments.profile_step import loop_runs
+from experiments.profile_train import causal_attention_as, train_setup
 from experiments.train_reference_gpu import TREE
 from specdec.checkpoint import expand_table
 from specdec.config import llama3_8b_config, tiny_config
@@ -86,7 +87,6 @@ from specdec.engine.generate import clear_compiled_loops
 from specdec.model import Transformer
 from specdec.verify import verify_reference
 from train.configs import get_config, matmul_params
-from train.steps import ModelDef, init_state, make_train_step
 from train.trainer import device_peak_flops
 from trees import Chain
 
@@ -656,23 +656,7 @@ def section_tree_attn(report: Report, ctx: dict) -> None:
 
 def measure_train(cfg, steps: int, dtype) -> dict:
     """Mean seconds per train step (AdamW, random tokens) after two compile / warm-up steps."""
-    module = Transformer(
-        cfg.model,
-        rngs=nnx.Rngs(0),
-        param_dtype=jnp.float32,
-        dtype=dtype,
-        attention="xla",
-        remat=cfg.remat,
-    )
-    model_def, params = ModelDef.split(module)
-    state = init_state(params, cfg)
-    train_step = jax.jit(make_train_step(model_def, cfg), donate_argnums=(0,))
-    rng = np.random.default_rng(0)
-    batches = [
-        jnp.asarray(rng.integers(0, cfg.model.vocab_size, (cfg.batch_size, cfg.seq_len + 1)))
-        for _ in range(2)
-    ]
-    lr = jnp.float32(1e-4)
+    train_step, state, batches, lr = train_setup(cfg, dtype, donate=True, num_batches=2)
     start = time.perf_counter()
     for i in range(2):  # compile + warm
         state, metrics = train_step(state, batches[i % 2], lr)
@@ -684,23 +668,6 @@ def measure_train(cfg, steps: int, dtype) -> dict:
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
     return dict(step_s=seconds, compile_s=compile_s, loss=float(metrics["loss"]))
-
-
-@contextlib.contextmanager
-def causal_attention_as(choice: str):
-    """Run the training forward's causal attention through `choice` ("xla" / "cudnn"; read when
-    a step is traced, so each measure_train call sees it); the previous setting is restored."""
-    from specdec.attention import CAUSAL_ENV
-
-    old = os.environ.get(CAUSAL_ENV)
-    os.environ[CAUSAL_ENV] = choice
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(CAUSAL_ENV)
-        else:
-            os.environ[CAUSAL_ENV] = old
 
 
 def section_train_mfu(report: Report, ctx: dict) -> None:

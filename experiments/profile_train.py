@@ -68,6 +68,8 @@ def kind_of(name: str) -> str:
 
 @contextlib.contextmanager
 def causal_attention_as(choice: str):
+    """Run the training forward's causal attention through `choice` ("xla" / "cudnn"; read when
+    a step is traced, so each step traced inside sees it); the previous setting is restored."""
     old = os.environ.get(CAUSAL_ENV)
     os.environ[CAUSAL_ENV] = choice
     try:
@@ -79,15 +81,10 @@ def causal_attention_as(choice: str):
             os.environ[CAUSAL_ENV] = old
 
 
-def profile_variant(base_cfg, variant: dict, timer: Timer, dtype, hlo_path: Path | None) -> dict:
-    """Device time, kernels by kind and by name of one train step of `variant`."""
-    cfg = dataclasses.replace(
-        base_cfg,
-        batch_size=variant["batch"],
-        seq_len=variant["seq"],
-        remat=bool(variant["remat"]),
-        loss_chunk=variant["loss_chunk"],
-    )
+def train_setup(cfg, dtype, *, donate: bool, num_batches: int = 1):
+    """The `cfg` model with random weights, its AdamW state, its jitted train step (donating the
+    state if `donate`), `num_batches` batches of random tokens int32 [B, L + 1] and a learning
+    rate: (step, state, batches, lr)."""
     module = Transformer(
         cfg.model,
         rngs=nnx.Rngs(0),
@@ -98,10 +95,24 @@ def profile_variant(base_cfg, variant: dict, timer: Timer, dtype, hlo_path: Path
     )
     model_def, params = ModelDef.split(module)
     state = init_state(params, cfg)
-    step = jax.jit(make_train_step(model_def, cfg))  # no donation: the timer reuses its inputs
+    step = jax.jit(make_train_step(model_def, cfg), donate_argnums=(0,) if donate else ())
     rng = np.random.default_rng(0)
-    tokens = jnp.asarray(rng.integers(0, cfg.model.vocab_size, (cfg.batch_size, cfg.seq_len + 1)))
-    lr = jnp.float32(1e-4)
+    shape = (cfg.batch_size, cfg.seq_len + 1)
+    tokens = [rng.integers(0, cfg.model.vocab_size, shape) for _ in range(num_batches)]
+    batches = [jnp.asarray(t) for t in tokens]
+    return step, state, batches, jnp.float32(1e-4)
+
+
+def profile_variant(base_cfg, variant: dict, timer: Timer, dtype, hlo_path: Path | None) -> dict:
+    """Device time, kernels by kind and by name of one train step of `variant`."""
+    cfg = dataclasses.replace(
+        base_cfg,
+        batch_size=variant["batch"],
+        seq_len=variant["seq"],
+        remat=bool(variant["remat"]),
+        loss_chunk=variant["loss_chunk"],
+    )
+    step, state, (tokens,), lr = train_setup(cfg, dtype, donate=False)  # the timer reuses them
     start = time.perf_counter()
     with causal_attention_as(variant["attention"]):
         compiled = step.lower(state, tokens, lr).compile()

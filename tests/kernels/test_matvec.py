@@ -14,23 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.bench_matvec import SHAPES as MODEL_SHAPES  # (K, N) of served projections
 from kernels_pallas import matvec_triton as mv
 from kernels_pallas.matvec_triton import MatvecBlocks, skinny_matmul, skinny_matmul_reference
 
 # Max abs error of outputs scaled by 1 / sqrt(K) (x, w ~ N(0, 1), so outputs are O(1) after it).
 TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 1e-3}
-
-# (K, N) of the projections the kernel serves: Llama-3-8B, then the `small` 100M model.
-MODEL_SHAPES = {
-    "8b_qkv": (4096, 6144),
-    "8b_o": (4096, 4096),
-    "8b_gate_up": (4096, 28672),
-    "8b_down": (14336, 4096),
-    "small_qkv": (768, 2304),
-    "small_o": (768, 768),
-    "small_gate_up": (768, 4096),
-    "small_down": (2048, 768),
-}
 
 
 def make_inputs(seed, m, k, n, dtype):
