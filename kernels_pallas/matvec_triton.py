@@ -70,7 +70,8 @@ class MatvecBlocks:
 # Tuned tilings, (M, K, N) -> blocks, consulted before the heuristic: the shapes where the sweep of
 # experiments/bench_matvec.py (H200, 2026-11-30, experiments/results/perf_h200_run7) found a tiling
 # faster than both XLA's dot and the heuristic's (Llama-3-8B q/k/v, o and gate/up at one row:
-# 15.6 / 11.6 / 55.8 us against XLA's 18.5 / 12.5 / 59.4).
+# 15.6 / 11.6 / 55.8 us against XLA's 18.5 / 12.5 / 59.4). Swept before rows were padded in the
+# wrapper: the dot tilings now also pay a pad kernel of ~1.5 us before the call (still ahead).
 TUNED_BLOCKS: dict[tuple[int, int, int], MatvecBlocks] = {
     (1, 4096, 6144): MatvecBlocks(32, 128, 1, num_warps=4, num_stages=5, use_dot=True),
     (1, 4096, 4096): MatvecBlocks(128, 64, 16, num_warps=4, num_stages=4, use_dot=False),
