@@ -262,6 +262,9 @@ class Bench:
         shapes = SMOKE_SHAPES if self.smoke else SHAPES
         if self.args.shapes:
             problems = [(s, m) for s, m in problems if s in self.args.shapes.split(",")]
+        if self.args.rows:  # every selected shape at exactly these row counts
+            names = dict.fromkeys(s for s, _ in problems)
+            problems = [(s, int(m)) for s in names for m in self.args.rows.split(",")]
         self.log(
             f"device {self.report['device']}, {self.num_cores} cores, timer {self.timer.method}"
         )
@@ -343,6 +346,9 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, interpret mode, CPU")
     parser.add_argument("--deadline-s", type=float, default=140.0, help="stop sweeping after")
     parser.add_argument("--shapes", default="", help="comma-separated subset of the shapes")
+    parser.add_argument(
+        "--rows", default="", help="comma-separated M values instead of each shape's defaults"
+    )
     parser.add_argument("--verbose", action="store_true", help="tracebacks of failed configs")
     args = parser.parse_args(argv)
     log = lambda msg: print(msg, flush=True)
