@@ -166,3 +166,17 @@ def _equations(jaxpr):
                 yield from _equations(param.jaxpr)
             elif hasattr(param, "eqns"):
                 yield from _equations(param)
+
+
+def test_benchmark_smoke_writes_its_table(tmp_path):
+    """experiments/bench_matvec.py --smoke (interpret mode): every problem timed against XLA, each
+    kept config checked against XLA's output, and a TUNED_BLOCKS table written."""
+    import json
+
+    from experiments import bench_matvec
+
+    bench_matvec.main(["--smoke", "--rows", "1,3", "--shapes", "tiny_a", "--out", str(tmp_path)])
+    problems = json.loads((tmp_path / "bench_matvec.json").read_text())["problems"]
+    assert [(p["shape"], p["M"]) for p in problems] == [("tiny_a", 1), ("tiny_a", 3)]
+    assert all(p["best"] and p["best"]["err"] < bench_matvec.MAX_ERROR for p in problems)
+    assert "TUNED_BLOCKS = {" in (tmp_path / "bench_matvec.md").read_text()
