@@ -7,9 +7,9 @@ skinny-matmul kernel (`kernels_pallas.matvec_triton`) reads each weight once in 
 
 SKINNY_ENV picks the path, read when a step is traced: "auto" (the kernel on a GPU for bf16 /
 fp16 where it measured faster than XLA: `matvec_triton.pays`, else XLA), "xla", "pallas" (the
-kernel wherever it tiles B x T <= MAX_ROWS rows; on CPU in interpret mode). (An experiment that
-kept XLA's GEMM at one row, the row doubled behind an optimisation barrier, bought 3% of the
-`small` step against the kernel's 24%: experiments/results/perf_h200_run7.)
+kernel wherever it tiles the shape, B x T <= matvec_triton.MAX_ROWS rows; on CPU in interpret
+mode). (An experiment that kept XLA's GEMM at one row, the row doubled behind an optimisation
+barrier, bought 3% of the `small` step against the kernel's 24%; perf_h200_run7 in results.)
 """
 
 import functools
@@ -19,11 +19,11 @@ import os
 import jax
 import jax.numpy as jnp
 
+from kernels_pallas import matvec_triton
 from specdec import sharding
 
 SKINNY_ENV = "SPECDEC_SKINNY_MATMUL"
 SKINNY_CHOICES = ("auto", "xla", "pallas")
-MAX_ROWS = 16  # B x T at most this many rows take the skinny kernel
 
 
 def skinny_choice() -> str:
@@ -37,10 +37,8 @@ def skinny_choice() -> str:
 def implementation(rows: int, k: int, n: int, dtype) -> str:
     """ "xla" or "pallas": what `project` runs for x [rows, k] @ w [k, n]."""
     choice = skinny_choice()
-    if choice == "xla" or rows > MAX_ROWS or sharding.active_mesh() is not None:
+    if choice == "xla" or sharding.active_mesh() is not None:
         return "xla"
-    from kernels_pallas import matvec_triton
-
     if choice == "pallas":
         return "pallas" if matvec_triton.supports(rows, k, n) else "xla"
     gpu, low = jax.default_backend() == "gpu", jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
@@ -148,8 +146,6 @@ def project(
         return einsum_f32(spec, x, w, dtype, precision, row_scale)
     x, w = x.astype(dtype), w.astype(dtype)
     x2, w2 = x.reshape(rows, k), w.reshape(k, n)  # [M, K], [K, N]
-    from kernels_pallas import matvec_triton
-
     y = matvec_triton.skinny_matmul(x2, w2, interpret=jax.default_backend() != "gpu")
     y = y.reshape(x.shape[:2] + w.shape[len(contracted) :])  # [B, T, *o]
     return y if row_scale is None else y * _rows(row_scale, y.ndim)
