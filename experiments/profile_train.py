@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from experiments.bench_tree_attention import Timer
+from experiments.profile_step import by_name
 from specdec.attention import CAUSAL_ENV
 from specdec.model import Transformer
 from train.configs import get_config, matmul_params
@@ -123,14 +124,11 @@ def profile_variant(base_cfg, variant: dict, timer: Timer, dtype, hlo_path: Path
     tokens_per_step = cfg.batch_size * cfg.seq_len
     flops = 6 * matmul_params(cfg.model) * tokens_per_step
     peak, source = device_peak_flops()
+    breakdown = timed.get("breakdown", [])  # [(kernel name, ms)] in launch order
     kinds: dict[str, float] = {}
-    names: dict[str, list] = {}
-    for name, ms in timed.get("breakdown", []):
+    for name, ms in breakdown:
         kinds[kind_of(name)] = kinds.get(kind_of(name), 0.0) + ms
-        names.setdefault(name, [0, 0.0])
-        names[name][0] += 1
-        names[name][1] += ms
-    top = sorted(names.items(), key=lambda kv: -kv[1][1])[:30]
+    top = by_name([(name, ms * 1e3) for name, ms in breakdown])[:30]
     return dict(
         variant=variant,
         compile_s=compile_s,
@@ -142,7 +140,9 @@ def profile_variant(base_cfg, variant: dict, timer: Timer, dtype, hlo_path: Path
         mfu_device=None if peak is None else flops / (timed["ms"] / 1e3) / peak,
         peak_source=source,
         by_kind_ms={k: round(v, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-        top_kernels=[dict(name=n, launches=c, ms=round(t, 4)) for n, (c, t) in top],
+        top_kernels=[
+            dict(name=r["name"], launches=r["launches"], ms=round(r["us"] / 1e3, 4)) for r in top
+        ],
     )
 
 
