@@ -13,9 +13,9 @@ results rewritten to $OUT/quantspec.json and $OUT/quantspec.md after every row:
            quantised kernel (INT8 and INT4 views) against the bf16 tree-attention kernel at the
            same shape; device time from CUPTI (bench_tree_attention.Timer), inputs rotated so each
            call reads HBM, not L2
-  tuning   the Triton kernel's tilings (key block, splits, warps; INT8: both nibble planes as one
-           8-bit operand or not) at S = 32k, B in {1, 8}, T = 1, 3 stages (the first run's winner
-           everywhere): INT8 over the grid, INT4 with the INT8 winner, each against the default
+  tuning   the Triton kernel at S = 32k, B in {1, 8}, T = 1, each view: the default tiling
+           against each of its choices undone (PTX nibble unpacking; INT8: fused planes, block
+           loop; INT4: group loop, three programs per multiprocessor)
   (decode or quality asks for a trained target: tokenizer + ShareGPT token streams, multi-turn
   conversations concatenated and packed into windows of --context tokens, >= 4096 on GPU; the
   `small` target trained at that context for what the deadline leaves, bf16 export)
@@ -346,12 +346,30 @@ def quant_sets(key, q, region, shape, mode: QuantKV, view: str) -> list:
     return rotated(make, lambda inputs: view_bytes(inputs[1]))
 
 
+def tuning_grid(default, view: str, rows: int, group: int, programs: int, slots: int) -> list:
+    """(what differs from the default, BlockSizes) for one view: the default first, then the
+    choices behind it, each undone once (the H200's sixth run,
+    experiments/results/quantspec_h200_run6, swept key blocks 32-128 x splits x 1-4 warps and
+    found the default tiling best; these are what it changed)."""
+    from kernels_pallas import quant_attention_triton as qt
+
+    replace = lambda **kw: dataclasses.replace(default, **kw)
+    grid = [("default", default), ("element-wise unpacking", replace(ptx_unpack=False))]
+    if view == "int8":
+        grid += [("two nibble dots", replace(fused_planes=False)),
+                 ("group loop", replace(group_loop=True))]  # fmt: skip
+    else:
+        two = qt.default_block_sizes(rows, group, programs, slots, num_cores=qt._num_cores())
+        grid += [("block loop", replace(group_loop=False)),
+                 ("two programs per core", replace(num_splits=two.num_splits))]  # fmt: skip
+    return grid
+
+
 def tuning_rows(
     shapes, heads, mode, peak, on_row, deadline, timer, *, interpret=False, max_tilings=None
 ) -> None:
-    """The Triton quantised kernel's tilings at each shape (INT8 view, then INT4 with the INT8
-    winner): what the default `default_block_sizes` leaves on the table. Smoke: `interpret`
-    (CPU) and the first `max_tilings` of the grid."""
+    """The Triton quantised kernel at each shape and view: the default tiling against each of
+    its choices undone (`tuning_grid`). Smoke: `interpret` (CPU) and the first `max_tilings`."""
     from kernels_pallas import quant_attention_triton as qt
 
     for slots, batch, block in shapes:
@@ -359,26 +377,15 @@ def tuning_rows(
         key, q, region = _inputs(slots, batch, block, heads)
         shape = (batch, slots, kv_heads, head_dim)
         rows = block * (num_heads // kv_heads)
-        default = qt.default_block_sizes(
-            rows, mode.group, batch * kv_heads, slots, num_cores=qt._num_cores()
-        )
-        grid = [
-            qt.BlockSizes(
-                default.block_m, bk, max(1, default.num_splits * f // 2), w, fused_planes=fused
-            )
-            for fused in (True, False)
-            for bk in (64, 128)
-            for f in (1, 2, 4)
-            for w in (4, 8)
-            if mode.group % bk == 0
-        ][:max_tilings]
-        results = []
         for view in ("int8", "int4"):
+            default = qt.default_block_sizes(
+                rows, mode.group, batch * kv_heads, slots, num_cores=qt._num_cores(),
+                upper_only=view == "int4",
+            )  # fmt: skip
+            grid = tuning_grid(default, view, rows, mode.group, batch * kv_heads, slots)
             sets = quant_sets(key, q, region, shape, mode, view)
             read = view_bytes(sets[0][1])
-            best = min(results, key=lambda r: r[0])[1] if results else default
-            tilings = [default] + (grid if view == "int8" else [best])
-            for bs in tilings:
+            for label, bs in grid[:max_tilings]:
                 if time.perf_counter() > deadline:
                     return
                 fn = jax.jit(
@@ -386,30 +393,24 @@ def tuning_rows(
                         q, v, n, r, block_sizes=bs, interpret=interpret
                     )
                 )
+                row = {"S": slots, "B": batch, "T": block, "view": view, "variant": label}
                 try:
                     ms = timer(fn, sets)["ms"]
                 except Exception as err:  # a tiling that does not compile (registers, smem)
-                    on_row({"S": slots, "B": batch, "T": block, "view": view,
-                            "tiling": str(bs), "error": f"{err!r}"[:200]})  # fmt: skip
+                    on_row({**row, "tiling": str(bs), "error": f"{err!r}"[:200]})
                     continue
-                if view == "int8":
-                    results.append((ms, bs))
                 on_row(
                     {
-                        "S": slots,
-                        "B": batch,
-                        "T": block,
-                        "view": view,
-                        "default": bs == default,
+                        **row,
                         "block_k": bs.block_k,
                         "splits": bs.num_splits,
                         "warps": bs.num_warps,
                         "stages": bs.num_stages,
-                        "fused_planes": bs.fused_planes,
                         "ms": ms,
                         "roofline": read / (ms * 1e-3) / peak,
                     }
                 )
+            del sets
 
 
 # ---- the run ----
@@ -466,6 +467,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--context", type=int, help="training context (>= 4096 on GPU)")
     p.add_argument("--peak-bw", type=float, default=H200_BYTES_PER_S)
     p.add_argument(
+        "--kernel-slots",
+        type=int,
+        nargs="+",
+        default=[8192, 32768, 65536],
+        help="cache lengths S of the kernels phase (GPU)",
+    )
+    p.add_argument(
         "--phases",
         nargs="+",
         choices=PHASES,
@@ -496,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
         # (batch, (shortest, longest prompt)): the last beyond the 256-token training context
         points, max_new = [(1, (96, 160)), (4, (96, 160)), (2, (300, 400))], 24
         kernel_shapes, heads, impl = [(1024, 1, 1), (1024, 2, 16)], (4, 2, 128), "xla"
-        tuning_shapes, tuning_kw = [(1024, 1, 1)], dict(interpret=True, max_tilings=1)
+        tuning_shapes, tuning_kw = [(1024, 1, 1)], dict(interpret=True, max_tilings=2)
     else:
         cfg = get_config(
             "small",
@@ -514,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
         # count, their acceptance is marked as out of the training context.
         points = [(8, (2048, 3968)), (8, (31744, 32640)), (8, (15360, 16256)), (1, (2048, 3968))]
         max_new = 128
-        kernel_shapes = [(s, b, t) for s in (8192, 32768, 65536) for b in (1, 8) for t in (1, 16)]
+        kernel_shapes = [(s, b, t) for s in args.kernel_slots for b in (1, 8) for t in (1, 16)]
         heads, impl = (32, 8, 128), "pallas"
         tuning_shapes, tuning_kw = [(32768, 1, 1), (32768, 8, 1)], {}
 

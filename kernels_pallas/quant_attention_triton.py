@@ -33,6 +33,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from kernels_pallas import nibble_ptx
 from kernels_pallas import tree_common as tc
 from kernels_pallas.quant_reference import (
     LOWER_OFFSET,
@@ -66,6 +67,16 @@ class BlockSizes:
     num_stages: int = 3
     """Software-pipelining depth of the key loops (3 was the fastest of {2, 3} at every shape
     of the H200 sweep in experiments/results/quantspec_h200_run2: 7-15% over 2)."""
+    ptx_unpack: bool = True
+    """Nibbles to float operands four bytes per PTX instruction (kernels_pallas/nibble_ptx.py)
+    instead of element by element; 16-bit dtypes on the GPU only (interpret mode cannot run PTX
+    and uses the element-wise bit operations, the same values). H200, S = 32k, T = 1, B = 8:
+    INT8 0.388 -> 0.286 ms, INT4 0.305 -> 0.246 ms (experiments/results/quantspec_h200_run6)."""
+    group_loop: bool | None = None
+    """Loop over key groups, the group's scales and minima folded into the queries once for its
+    group // block_k blocks (unrolled), instead of over key blocks. None: the INT4 view only;
+    H200, S = 32k, T = 1, B = 8: INT4 0.245 -> 0.231 ms (T = 16: 0.566 -> 0.515), INT8 0.288 ->
+    0.307 ms (its unrolled planes double the pipelined shared memory)."""
 
 
 def fits(q: jax.Array, view: QuantLayerView) -> bool:
@@ -80,14 +91,24 @@ def fits(q: jax.Array, view: QuantLayerView) -> bool:
 
 
 def default_block_sizes(
-    rows: int, group: int, programs: int, num_slots: int, *, num_cores: int = DEFAULT_NUM_CORES
+    rows: int,
+    group: int,
+    programs: int,
+    num_slots: int,
+    *,
+    num_cores: int = DEFAULT_NUM_CORES,
+    upper_only: bool = False,
 ) -> BlockSizes:
     """Rows padded to a power of two (at most 64); the largest key block dividing the group; key
-    splits so that the grid fills the GPU in one wave (see tree_common.choose_num_splits)."""
+    splits so that the grid fills the GPU in one wave (see tree_common.choose_num_splits) of as
+    many programs per multiprocessor as fit its shared memory at the default pipelining: two
+    (INT8 view), three (INT4: half the planes; H200, S = 32k, B = 8: 6 splits 0.207 ms against
+    4 splits 0.231)."""
     block_m = min(max(16, pl.next_power_of_2(rows)), 64)
     block_k = next(b for b in BLOCK_K_CHOICES if group % b == 0)
     tiles = programs * pl.cdiv(rows, block_m)
-    splits = tc.choose_num_splits(tiles, num_slots, block_k, num_cores=2 * num_cores)
+    per_core = 3 if upper_only else 2
+    splits = tc.choose_num_splits(tiles, num_slots, block_k, num_cores=per_core * num_cores)
     return BlockSizes(block_m=block_m, block_k=block_k, num_splits=splits)
 
 
@@ -107,6 +128,8 @@ def _quant_attention_kernel(
     block_k: int,
     upper_only: bool,
     fused_planes: bool,
+    ptx_unpack: bool,
+    group_loop: bool,
     scale_log2: float,
     precision,
 ):
@@ -155,66 +178,91 @@ def _quant_attention_kernel(
     # by element: keys share a scale and minimum per channel over a block (its key group), so
     # q . k = (q * scale) . levels + q . minimum; values share them per token, so
     # p @ v = (p * scale) @ levels + p . minimum. Levels are u + (l - lower_shift) / 16 (u, l:
-    # the upper and lower nibbles; the INT4 view reads u only), and `_nibble_operands` adds an
-    # offset to each nibble that comes off through the operand's row sums (f32 accumulation).
+    # the upper and lower nibbles; the INT4 view reads u only); the constant - lower_shift / 16
+    # goes into the minimum (minimum - scale * lower_shift / 16), so the dots see u + l / 16, or
+    # c / 16 with the 8-bit level c = 16 u + l (fused planes). The PTX unpacking gives exact
+    # operands; the element-wise one adds an offset to each operand (bit tricks instead of int-
+    # to-float conversions) that comes off through the other operand's row sums (f32).
 
     fused = fused_planes and not upper_only
     byte_dt = jnp.float32 if dt == jnp.float32 else jnp.float16  # 8-bit levels exact in f16
+    if ptx_unpack:  # 16-bit dtypes on the GPU: four bytes per instruction, exact operands
+        byte_operands = lambda hi, lo: (*nibble_ptx.level_operands(hi, lo), 0.0)
+        nibble_operands = lambda packed: (*nibble_ptx.nibble_operands(packed, dt), 0.0)
+    else:
+        byte_operands = lambda hi, lo: _byte_operands(hi, lo, byte_dt)
+        nibble_operands = lambda packed: _nibble_operands(packed, dt)
+    row_sum = lambda *xs: sum(x.astype(f32).sum(axis=1) for x in xs)  # as the dots see x
 
-    def key_scores(x_a, x_b, rows):
-        """x_a, x_b [block_m, H/2] f32 (query halves times the key scales) -> x . levels
-        [block_m, block_k] f32 over the key block `rows`."""
-        if fused:  # levels = (c - lower_shift) / 16, c = 16 u + l: x . levels = (x / 16) . c - ...
-            c_a, c_b, offset = _byte_operands(k_hi_ref[rows, :], k_lo_ref[rows, :], byte_dt)
+    def key_scores_for(x_a, x_b):
+        """x_a, x_b [block_m, H/2] f32 (query halves times a group's key scales) -> rows ->
+        x . (u + l / 16) [block_m, block_k] f32 over the key block `rows` of that group."""
+        if fused:  # x . (c / 16) = (x / 16) . c
             x16_a, x16_b = (x_a / 16).astype(byte_dt), (x_b / 16).astype(byte_dt)
-            x16_sum = x16_a.astype(f32).sum(axis=1) + x16_b.astype(f32).sum(axis=1)
-            s = dot(x16_a, c_a, trans_b=True) + dot(x16_b, c_b, trans_b=True)
-            return s - ((offset + lower_shift) * x16_sum)[:, None]
+
+            def scores(rows):
+                c_a, c_b, offset = byte_operands(k_hi_ref[rows, :], k_lo_ref[rows, :])
+                s = dot(x16_a, c_a, trans_b=True) + dot(x16_b, c_b, trans_b=True)
+                return s - offset * row_sum(x16_a, x16_b)[:, None] if offset else s
+
+            return scores
         x_a, x_b = x_a.astype(dt), x_b.astype(dt)
-        x_sum = x_a.astype(f32).sum(axis=1) + x_b.astype(f32).sum(axis=1)  # as the dots see x
-        u_a, u_b, offset = _nibble_operands(k_hi_ref[rows, :], dt)
-        s = dot(x_a, u_a, trans_b=True) + dot(x_b, u_b, trans_b=True)
-        correction = offset * x_sum
-        if not upper_only:  # x / 16 is exact (a power of two)
-            l_a, l_b, offset = _nibble_operands(k_lo_ref[rows, :], dt)
-            x16_a, x16_b = (x_a.astype(f32) / 16).astype(dt), (x_b.astype(f32) / 16).astype(dt)
-            s = s + dot(x16_a, l_a, trans_b=True) + dot(x16_b, l_b, trans_b=True)
-            correction = correction + (offset + lower_shift) * x_sum / 16
-        return s - correction[:, None]
+        # x / 16 is exact (a power of two)
+        x16_a, x16_b = (x_a.astype(f32) / 16).astype(dt), (x_b.astype(f32) / 16).astype(dt)
+
+        def scores(rows):
+            u_a, u_b, offset = nibble_operands(k_hi_ref[rows, :])
+            s = dot(x_a, u_a, trans_b=True) + dot(x_b, u_b, trans_b=True)
+            if not upper_only:
+                l_a, l_b, _ = nibble_operands(k_lo_ref[rows, :])
+                s = s + dot(x16_a, l_a, trans_b=True) + dot(x16_b, l_b, trans_b=True)
+            if offset:  # the same offset on both planes
+                s = s - (offset * (1 if upper_only else 17 / 16) * row_sum(x_a, x_b))[:, None]
+            return s
+
+        return scores
 
     def value_products(x, rows):
-        """x [block_m, block_k] f32 (weights times the value scales) -> x @ levels as two halves
-        [block_m, H/2] f32 over the value block `rows`."""
+        """x [block_m, block_k] f32 (weights times the value scales) -> x @ (u + l / 16) as two
+        halves [block_m, H/2] f32 over the value block `rows`."""
         if fused:
-            c_a, c_b, offset = _byte_operands(v_hi_ref[rows, :], v_lo_ref[rows, :], byte_dt)
+            c_a, c_b, offset = byte_operands(v_hi_ref[rows, :], v_lo_ref[rows, :])
             x16 = (x / 16).astype(byte_dt)
-            correction = (offset + lower_shift) * x16.astype(f32).sum(axis=1)[:, None]
-            return dot(x16, c_a) - correction, dot(x16, c_b) - correction
-        x = x.astype(dt)
-        x_sum = x.astype(f32).sum(axis=1)
-        u_a, u_b, offset = _nibble_operands(v_hi_ref[rows, :], dt)
-        out_a, out_b = dot(x, u_a), dot(x, u_b)
-        correction = offset * x_sum
-        if not upper_only:
-            l_a, l_b, offset = _nibble_operands(v_lo_ref[rows, :], dt)
-            x16 = (x.astype(f32) / 16).astype(dt)
-            out_a, out_b = out_a + dot(x16, l_a), out_b + dot(x16, l_b)
-            correction = correction + (offset + lower_shift) * x_sum / 16
+            out_a, out_b = dot(x16, c_a), dot(x16, c_b)
+            correction = offset * row_sum(x16) if offset else None
+        else:
+            x = x.astype(dt)
+            u_a, u_b, offset = nibble_operands(v_hi_ref[rows, :])
+            out_a, out_b = dot(x, u_a), dot(x, u_b)
+            if not upper_only:
+                l_a, l_b, _ = nibble_operands(v_lo_ref[rows, :])
+                x16 = (x.astype(f32) / 16).astype(dt)
+                out_a, out_b = out_a + dot(x16, l_a), out_b + dot(x16, l_b)
+            correction = offset * (1 if upper_only else 17 / 16) * row_sum(x) if offset else None
+        if correction is None:
+            return out_a, out_b
         return out_a - correction[:, None], out_b - correction[:, None]
 
-    def quant_step(kb, carry):
-        first = pl.multiple_of(kb * block_k, block_k)
-        g = first // group
-        rows = pl.ds(first, block_k)
+    # the minimum's share of the lower nibbles' bias: a level is u + l / 16 - lower_shift / 16
+    bias = 0.0 if upper_only else lower_shift / 16
+
+    def group_queries(g):
+        """A key group's scales and minima folded into the queries: (rows -> the scores of the
+        key block `rows` of group g [block_m, block_k], q . minimum [block_m])."""
         channel = lambda ref, lo: ref[g, pl.ds(lo, half)].astype(f32)[None, :]  # [1, H/2]
         q_a32, q_b32 = q_a.astype(f32), q_b.astype(f32)
-        s = key_scores(q_a32 * channel(k_scale_ref, 0), q_b32 * channel(k_scale_ref, half), rows)
-        q_min = (q_a32 * channel(k_min_ref, 0)).sum(axis=1) + (
-            q_b32 * channel(k_min_ref, half)
-        ).sum(axis=1)  # [block_m]
-        s = s + q_min[:, None]
+        scale_a, scale_b = channel(k_scale_ref, 0), channel(k_scale_ref, half)
+        min_a = channel(k_min_ref, 0) - bias * scale_a
+        min_b = channel(k_min_ref, half) - bias * scale_b
+        q_min = (q_a32 * min_a).sum(axis=1) + (q_b32 * min_b).sum(axis=1)  # [block_m]
+        return key_scores_for(q_a32 * scale_a, q_b32 * scale_b), q_min
+
+    def quant_block(carry, first, scores, q_min):
+        """The online softmax over the key block at slot `first` (a multiple of block_k)."""
+        rows = pl.ds(first, block_k)
+        s = scores(rows) + q_min[:, None]
         v_s = v_scale_ref[rows].astype(f32)[None, :]  # [1, block_k]
-        v_m = v_min_ref[rows].astype(f32)[None, :]
+        v_m = v_min_ref[rows].astype(f32)[None, :] - bias * v_s
 
         def values(p):
             pv_a, pv_b = value_products(p * v_s, rows)
@@ -224,6 +272,17 @@ def _quant_attention_kernel(
         pos = first + jnp.arange(block_k, dtype=jnp.int32)
         visible = (pos < length)[None, :] & reads_quantized(pos)
         return softmax_step(carry, s * scale_log2, visible, values)
+
+    def quant_group(g, carry):  # group_loop: the queries fold once per group
+        scores, q_min = group_queries(g)
+        for j in range(group // block_k):
+            first = pl.multiple_of(g * group + j * block_k, block_k)
+            carry = quant_block(carry, first, scores, q_min)
+        return carry
+
+    def quant_step(kb, carry):  # one key block per step
+        first = pl.multiple_of(kb * block_k, block_k)
+        return quant_block(carry, first, *group_queries(first // group))
 
     def buffer_step(kb, carry):
         first = pl.multiple_of(kb * block_k, block_k)
@@ -248,10 +307,13 @@ def _quant_attention_kernel(
     )
     # Quantised keys any row may read end at the last group the highest row reads quantised.
     q_end = jnp.maximum(jnp.max(qpos) - recent, 0) // group * group
-    num_q = pl.cdiv(jnp.minimum(length, q_end), block_k)  # plane blocks, then buffer blocks
+    # Work units spread over the splits: the key blocks (or with group_loop the groups, so
+    # splits stay group-aligned) of the planes, then the key blocks of the buffer.
+    num_q = pl.cdiv(jnp.minimum(length, q_end), group if group_loop else block_k)
     num_f = pl.cdiv(jnp.clip(length + width - base, 0, slots_f), block_k)
     start, stop = tc.split_range(num_q + num_f, split, num_splits)
-    carry = lax.fori_loop(start, jnp.minimum(stop, num_q), quant_step, carry)
+    step = quant_group if group_loop else quant_step
+    carry = lax.fori_loop(start, jnp.minimum(stop, num_q), step, carry)
     carry = lax.fori_loop(jnp.maximum(start, num_q) - num_q, stop - num_q, buffer_step, carry)
     acc_a, acc_b, m_i, l_i = carry
     empty = l_i == 0.0  # the row saw no key (in this split)
@@ -318,7 +380,12 @@ def quant_attention_triton(
     slots_f = view.k_buf.shape[1]
     shape = tc.TreeShape(batch, block, num_heads, head_dim, num_slots, num_kv, region_mask.shape[2])
     bs = block_sizes or default_block_sizes(
-        shape.rows, view.group, batch * num_kv, num_slots, num_cores=_num_cores()
+        shape.rows,
+        view.group,
+        batch * num_kv,
+        num_slots,
+        num_cores=_num_cores(),
+        upper_only=view.upper_only,
     )
     if view.group % bs.block_k or bs.block_k < 16:
         raise ValueError(f"{bs.block_k=} must be >= 16 and divide group={view.group}")
@@ -386,6 +453,8 @@ def quant_attention_triton(
         block_k=bs.block_k,
         upper_only=view.upper_only,
         fused_planes=bs.fused_planes,
+        ptx_unpack=bs.ptx_unpack and not interpret and q.dtype != jnp.float32,
+        group_loop=view.upper_only if bs.group_loop is None else bs.group_loop,
         scale_log2=scale * tc.LOG2E,
         precision=lax.Precision.HIGHEST if q.dtype == jnp.float32 else None,
     )
