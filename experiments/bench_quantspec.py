@@ -14,8 +14,8 @@ results rewritten to $OUT/quantspec.json and $OUT/quantspec.md after every row:
            same shape; device time from CUPTI (bench_tree_attention.Timer), inputs rotated so each
            call reads HBM, not L2
   tuning   the Triton kernel at S = 32k, B in {1, 8}, T = 1, each view: the default tiling
-           against each of its choices undone (PTX nibble unpacking; INT8: fused planes, block
-           loop; INT4: group loop, three programs per multiprocessor)
+           against each of its choices undone (PTX nibble unpacking; INT8: fused planes; INT4:
+           three programs per multiprocessor)
   (decode or quality asks for a trained target: tokenizer + ShareGPT token streams, multi-turn
   conversations concatenated and packed into windows of --context tokens, >= 4096 on GPU; the
   `small` target trained at that context for what the deadline leaves, bf16 export)
@@ -356,12 +356,10 @@ def tuning_grid(default, view: str, rows: int, group: int, programs: int, slots:
     replace = lambda **kw: dataclasses.replace(default, **kw)
     grid = [("default", default), ("element-wise unpacking", replace(ptx_unpack=False))]
     if view == "int8":
-        grid += [("two nibble dots", replace(fused_planes=False)),
-                 ("group loop", replace(group_loop=True))]  # fmt: skip
+        grid.append(("two nibble dots", replace(fused_planes=False)))
     else:
         two = qt.default_block_sizes(rows, group, programs, slots, num_cores=qt._num_cores())
-        grid += [("block loop", replace(group_loop=False)),
-                 ("two programs per core", replace(num_splits=two.num_splits))]  # fmt: skip
+        grid.append(("two programs per core", replace(num_splits=two.num_splits)))
     return grid
 
 

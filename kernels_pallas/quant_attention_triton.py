@@ -72,11 +72,6 @@ class BlockSizes:
     instead of element by element; 16-bit dtypes on the GPU only (interpret mode cannot run PTX
     and uses the element-wise bit operations, the same values). H200, S = 32k, T = 1, B = 8:
     INT8 0.388 -> 0.286 ms, INT4 0.305 -> 0.246 ms (experiments/results/quantspec_h200_run6)."""
-    group_loop: bool | None = None
-    """Loop over key groups, the group's scales and minima folded into the queries once for its
-    group // block_k blocks (unrolled), instead of over key blocks. None: the INT4 view only;
-    H200, S = 32k, T = 1, B = 8: INT4 0.245 -> 0.231 ms (T = 16: 0.566 -> 0.515), INT8 0.288 ->
-    0.307 ms (its unrolled planes double the pipelined shared memory)."""
 
 
 def fits(q: jax.Array, view: QuantLayerView) -> bool:
@@ -100,14 +95,13 @@ def default_block_sizes(
     upper_only: bool = False,
 ) -> BlockSizes:
     """Rows padded to a power of two (at most 64); the largest key block dividing the group; key
-    splits so that the grid fills the GPU in one wave (see tree_common.choose_num_splits) of as
-    many programs per multiprocessor as fit its shared memory at the default pipelining: two
-    (INT8 view), three (INT4: half the planes; H200, S = 32k, B = 8: 6 splits 0.207 ms against
-    4 splits 0.231)."""
+    splits so that the grid fills the GPU in one wave (see tree_common.choose_num_splits) of two
+    programs per multiprocessor, three for the INT4 view's 16-row tiles (half the planes in
+    shared memory; H200, S = 32k, T = 1, B = 8: 6 splits 0.214 ms against 4 splits 0.245)."""
     block_m = min(max(16, pl.next_power_of_2(rows)), 64)
     block_k = next(b for b in BLOCK_K_CHOICES if group % b == 0)
     tiles = programs * pl.cdiv(rows, block_m)
-    per_core = 3 if upper_only else 2
+    per_core = 3 if upper_only and block_m == 16 else 2
     splits = tc.choose_num_splits(tiles, num_slots, block_k, num_cores=per_core * num_cores)
     return BlockSizes(block_m=block_m, block_k=block_k, num_splits=splits)
 
@@ -129,7 +123,6 @@ def _quant_attention_kernel(
     upper_only: bool,
     fused_planes: bool,
     ptx_unpack: bool,
-    group_loop: bool,
     scale_log2: float,
     precision,
 ):
@@ -194,33 +187,24 @@ def _quant_attention_kernel(
         nibble_operands = lambda packed: _nibble_operands(packed, dt)
     row_sum = lambda *xs: sum(x.astype(f32).sum(axis=1) for x in xs)  # as the dots see x
 
-    def key_scores_for(x_a, x_b):
-        """x_a, x_b [block_m, H/2] f32 (query halves times a group's key scales) -> rows ->
-        x . (u + l / 16) [block_m, block_k] f32 over the key block `rows` of that group."""
+    def key_scores(x_a, x_b, rows):
+        """x_a, x_b [block_m, H/2] f32 (query halves times the key scales) -> x . (u + l / 16)
+        [block_m, block_k] f32 over the key block `rows`."""
         if fused:  # x . (c / 16) = (x / 16) . c
+            c_a, c_b, offset = byte_operands(k_hi_ref[rows, :], k_lo_ref[rows, :])
             x16_a, x16_b = (x_a / 16).astype(byte_dt), (x_b / 16).astype(byte_dt)
-
-            def scores(rows):
-                c_a, c_b, offset = byte_operands(k_hi_ref[rows, :], k_lo_ref[rows, :])
-                s = dot(x16_a, c_a, trans_b=True) + dot(x16_b, c_b, trans_b=True)
-                return s - offset * row_sum(x16_a, x16_b)[:, None] if offset else s
-
-            return scores
+            s = dot(x16_a, c_a, trans_b=True) + dot(x16_b, c_b, trans_b=True)
+            return s - offset * row_sum(x16_a, x16_b)[:, None] if offset else s
         x_a, x_b = x_a.astype(dt), x_b.astype(dt)
-        # x / 16 is exact (a power of two)
-        x16_a, x16_b = (x_a.astype(f32) / 16).astype(dt), (x_b.astype(f32) / 16).astype(dt)
-
-        def scores(rows):
-            u_a, u_b, offset = nibble_operands(k_hi_ref[rows, :])
-            s = dot(x_a, u_a, trans_b=True) + dot(x_b, u_b, trans_b=True)
-            if not upper_only:
-                l_a, l_b, _ = nibble_operands(k_lo_ref[rows, :])
-                s = s + dot(x16_a, l_a, trans_b=True) + dot(x16_b, l_b, trans_b=True)
-            if offset:  # the same offset on both planes
-                s = s - (offset * (1 if upper_only else 17 / 16) * row_sum(x_a, x_b))[:, None]
-            return s
-
-        return scores
+        u_a, u_b, offset = nibble_operands(k_hi_ref[rows, :])
+        s = dot(x_a, u_a, trans_b=True) + dot(x_b, u_b, trans_b=True)
+        if not upper_only:  # x / 16 is exact (a power of two)
+            l_a, l_b, _ = nibble_operands(k_lo_ref[rows, :])
+            x16_a, x16_b = (x_a.astype(f32) / 16).astype(dt), (x_b.astype(f32) / 16).astype(dt)
+            s = s + dot(x16_a, l_a, trans_b=True) + dot(x16_b, l_b, trans_b=True)
+        if offset:  # the same offset on both planes
+            s = s - (offset * (1 if upper_only else 17 / 16) * row_sum(x_a, x_b))[:, None]
+        return s
 
     def value_products(x, rows):
         """x [block_m, block_k] f32 (weights times the value scales) -> x @ (u + l / 16) as two
@@ -246,21 +230,18 @@ def _quant_attention_kernel(
     # the minimum's share of the lower nibbles' bias: a level is u + l / 16 - lower_shift / 16
     bias = 0.0 if upper_only else lower_shift / 16
 
-    def group_queries(g):
-        """A key group's scales and minima folded into the queries: (rows -> the scores of the
-        key block `rows` of group g [block_m, block_k], q . minimum [block_m])."""
+    def quant_step(kb, carry):
+        first = pl.multiple_of(kb * block_k, block_k)
+        g = first // group
+        rows = pl.ds(first, block_k)
         channel = lambda ref, lo: ref[g, pl.ds(lo, half)].astype(f32)[None, :]  # [1, H/2]
         q_a32, q_b32 = q_a.astype(f32), q_b.astype(f32)
         scale_a, scale_b = channel(k_scale_ref, 0), channel(k_scale_ref, half)
+        s = key_scores(q_a32 * scale_a, q_b32 * scale_b, rows)
         min_a = channel(k_min_ref, 0) - bias * scale_a
         min_b = channel(k_min_ref, half) - bias * scale_b
         q_min = (q_a32 * min_a).sum(axis=1) + (q_b32 * min_b).sum(axis=1)  # [block_m]
-        return key_scores_for(q_a32 * scale_a, q_b32 * scale_b), q_min
-
-    def quant_block(carry, first, scores, q_min):
-        """The online softmax over the key block at slot `first` (a multiple of block_k)."""
-        rows = pl.ds(first, block_k)
-        s = scores(rows) + q_min[:, None]
+        s = s + q_min[:, None]
         v_s = v_scale_ref[rows].astype(f32)[None, :]  # [1, block_k]
         v_m = v_min_ref[rows].astype(f32)[None, :] - bias * v_s
 
@@ -272,17 +253,6 @@ def _quant_attention_kernel(
         pos = first + jnp.arange(block_k, dtype=jnp.int32)
         visible = (pos < length)[None, :] & reads_quantized(pos)
         return softmax_step(carry, s * scale_log2, visible, values)
-
-    def quant_group(g, carry):  # group_loop: the queries fold once per group
-        scores, q_min = group_queries(g)
-        for j in range(group // block_k):
-            first = pl.multiple_of(g * group + j * block_k, block_k)
-            carry = quant_block(carry, first, scores, q_min)
-        return carry
-
-    def quant_step(kb, carry):  # one key block per step
-        first = pl.multiple_of(kb * block_k, block_k)
-        return quant_block(carry, first, *group_queries(first // group))
 
     def buffer_step(kb, carry):
         first = pl.multiple_of(kb * block_k, block_k)
@@ -307,13 +277,10 @@ def _quant_attention_kernel(
     )
     # Quantised keys any row may read end at the last group the highest row reads quantised.
     q_end = jnp.maximum(jnp.max(qpos) - recent, 0) // group * group
-    # Work units spread over the splits: the key blocks (or with group_loop the groups, so
-    # splits stay group-aligned) of the planes, then the key blocks of the buffer.
-    num_q = pl.cdiv(jnp.minimum(length, q_end), group if group_loop else block_k)
+    num_q = pl.cdiv(jnp.minimum(length, q_end), block_k)  # plane blocks, then buffer blocks
     num_f = pl.cdiv(jnp.clip(length + width - base, 0, slots_f), block_k)
     start, stop = tc.split_range(num_q + num_f, split, num_splits)
-    step = quant_group if group_loop else quant_step
-    carry = lax.fori_loop(start, jnp.minimum(stop, num_q), step, carry)
+    carry = lax.fori_loop(start, jnp.minimum(stop, num_q), quant_step, carry)
     carry = lax.fori_loop(jnp.maximum(start, num_q) - num_q, stop - num_q, buffer_step, carry)
     acc_a, acc_b, m_i, l_i = carry
     empty = l_i == 0.0  # the row saw no key (in this split)
@@ -454,7 +421,6 @@ def quant_attention_triton(
         upper_only=view.upper_only,
         fused_planes=bs.fused_planes,
         ptx_unpack=bs.ptx_unpack and not interpret and q.dtype != jnp.float32,
-        group_loop=view.upper_only if bs.group_loop is None else bs.group_loop,
         scale_log2=scale * tc.LOG2E,
         precision=lax.Precision.HIGHEST if q.dtype == jnp.float32 else None,
     )
