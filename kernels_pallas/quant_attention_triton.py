@@ -10,9 +10,10 @@ softmax:
    j + H/2) and multiplied as matrices of their integer nibbles, never dequantised per element:
    a key block shares one scale and minimum per channel, so the scale multiplies the queries
    and the minimum adds q . min to the scores; a value shares them per token, so the scale
-   multiplies the softmax weights and the minimum adds p . min. Levels are u [+ (l - 7.5) / 16];
-   nibbles become exact bf16 operands by bit tricks, not conversions (`_nibble_operands`). The
-   per-row rule `(j // group + 1) * group + recent <= p` and j < lengths mask it. The INT4
+   multiplies the softmax weights and the minimum adds p . min. Levels are u [+ (l - 7.5) / 16],
+   the constant part folded into the minimum; the INT8 view multiplies 16 u + l as one 8-bit
+   operand. Nibbles become exact float operands four bytes per PTX instruction on the GPU
+   (kernels_pallas/nibble_ptx.py), by element-wise bit tricks in interpret mode. The per-row rule `(j // group + 1) * group + recent <= p` and j < lengths mask it. The INT4
    (draft) view never loads the lower planes.
 2. the full-precision buffer (positions base + [0, F)), holding the recent committed tokens that
    the rule leaves in full precision and the block's own region (tree mask from the bit-packed
