@@ -9,7 +9,10 @@ follows plain decoding's law in that cache mode: its distribution at T > 0, and 
 to the floating-point reassociation the quantiser amplifies (a K/V value computed in a block of
 several tokens may differ in its last bit from plain decoding's and round to the next level; see
 tests/test_quantspec.py). No extra weights; the draft reads a quarter of the bf16 cache's bytes for
-the quantised part of the context.
+the quantised part of the context. `QuantSpec.with_int4_weights(model)` also drafts with 4-bit
+copies of the target's projection weights (QuantSpec's group-128 weights, specdec.quant_weights):
+a quarter of the weight bytes per draft forward for 0.28x more weight memory; the verify forward
+keeps the target's own weights, so the output law is unchanged.
 """
 
 import dataclasses
@@ -17,9 +20,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from specdec import quant_weights
 from specdec.cache import Region
 from specdec.contract import DraftContext, Drafter, DraftHandoff, Policy
 from specdec.quant_cache import QuantCache
+from specdec.quant_weights import QuantWeight
 from trees.static import Chain
 
 #: QuantSpec's draft length (PRIOR_ART.md)
@@ -31,10 +36,20 @@ DEFAULT_DRAFT_LENGTH = 5
 class QuantSpec(Drafter):
     """Draft with the target's own weights over the INT4 (upper-plane) view of its cache."""
 
+    #: 4-bit copies of the target's projection weights for the draft ({path: QuantWeight}, see
+    #: specdec.quant_weights.quantize_model), or None: the target's own weights
+    weights: dict[str, QuantWeight] | None = None
+
     supported_children = frozenset({"top", "sample", "sample_without_replacement"})
 
     #: generate refuses this drafter without kv_cache="int8-hierarchical"
     needs_quantized_cache = True
+
+    @classmethod
+    def with_int4_weights(cls, model, group: int = quant_weights.DEFAULT_GROUP) -> "QuantSpec":
+        """A QuantSpec drafting with `model`'s projection weights (and untied LM head) in 4 bits,
+        groups of `group` input features (QuantSpec's draft weights)."""
+        return cls(weights=quant_weights.quantize_model(model.net.module(), group))
 
     @property
     def vocab_size(self) -> None:
@@ -56,7 +71,7 @@ class QuantSpec(Drafter):
         return ctx.cache.with_view("int4")
 
     def expander(self, ctx, policy):
-        return _QuantSpecExpander(ctx)
+        return _QuantSpecExpander(ctx, self.weights)
 
     def end_step(self, cache: QuantCache, ctx) -> DraftHandoff:
         # The draft's K/V in the tree region are overwritten by the verify forward.
@@ -66,10 +81,13 @@ class QuantSpec(Drafter):
 @dataclasses.dataclass(frozen=True)
 class _QuantSpecExpander:
     ctx: DraftContext
+    weights: dict[str, QuantWeight] | None
 
     def _run(self, cache: QuantCache, tokens, nodes, depths, mask):
         """All target layers for nodes [B, F] (tokens, depths [B, F], mask [B, F, R]) -> logits."""
         module = self.ctx.target.module()
+        if self.weights:  # the draft's 4-bit weights in place of the target's
+            module = quant_weights.with_weights(module, self.weights)
         x = module.embed_tokens(tokens)  # [B, F, D]
         positions = cache.lengths[:, None] + depths  # [B, F]
         x, cache, _ = module.run_layers(x, positions, cache, Region(offsets=nodes, mask=mask))

@@ -23,10 +23,11 @@ results rewritten to $OUT/quantspec.json and $OUT/quantspec.md after every row:
            then ~32k and ~16k at batch 8 (beyond the trained context: speed, not acceptance, is
            their point), then 2k-4k at batch 1, while time is left; greedy, EOS off (every row emits
            max_new tokens per sequence): plain bf16 cache, plain INT8 cache, QuantSpec + Chain(5) on
-           the INT8 cache; acceptance per drafted token, greedy equality with plain INT8, and speed
-           over plain bf16 from the difference of runs with 128 and 64 new tokens (medians of 3), so
-           prefill cancels (the H200's second run timed whole calls, and at B = 8 a call was ~1.47 s
-           in every mode: prefill); whole-call speed beside it
+           the INT8 cache, the same with 4-bit draft weights (group 128); acceptance per drafted
+           token, greedy equality with plain INT8, and speed over plain bf16 from the difference
+           of runs with 128 and 64 new tokens (medians of 3), so prefill cancels (the H200's
+           second run timed whole calls, and at B = 8 a call was ~1.47 s in every mode:
+           prefill); whole-call speed beside it
   quality  the quantised cache against the bf16 cache on held-out windows: a prefix of 2048
            tokens, then the next tokens teacher-forced in blocks no longer than `recent` + 1
            (exactly plain decoding's reads): perplexity and top-1 agreement of INT8 (and INT4)
@@ -161,8 +162,11 @@ def quality(model: specdec.Model, windows: np.ndarray, prompt: int, mode: QuantK
 # ---- 4. decoding ----
 
 
-def decode_rows(model, prompts, max_new, mode, on_row, deadline, **generate_kw) -> None:
-    """plain bf16 / plain INT8 / QuantSpec INT8 rows for one batch of prompts, EOS off: every
+def decode_rows(
+    model, prompts, max_new, mode, on_row, deadline, weight_group=128, **generate_kw
+) -> None:
+    """plain bf16 / plain INT8 / QuantSpec INT8 rows (with the target's weights, then with 4-bit
+    draft weights in groups of `weight_group`, None: not) for one batch of prompts, EOS off: every
     sequence emits max_new tokens, so rows time the same work. Decoding speed is the difference
     of two runs (max_new and max_new // 2 new tokens; prefill and compile cancel), since at 2k-4k
     prompt tokens a prefill can outweigh 128 decode steps of a small target; whole-call speed
@@ -218,17 +222,23 @@ def decode_rows(model, prompts, max_new, mode, on_row, deadline, **generate_kw) 
     row("plain int8", speed(plain8_full, plain8_half))
     if time.perf_counter() > deadline:
         return
-    spec, spec_half, compile_s = run(kv_cache=mode, drafter=QuantSpec(), policy=DRAFT)
-    same = sum(a == b for a, b in zip(spec.sequences(), plain8_full.sequences(), strict=True))
-    row(
-        f"QuantSpec {DRAFT.max_depth}",
-        speed(spec, spec_half),
-        tau=spec.stats.tau,
-        accept_per_draft=(spec.stats.tau - 1) / DRAFT.max_depth,
-        accept_by_depth=", ".join(f"{a:.2f}" for a in spec.stats.acceptance_by_depth),
-        greedy_eq_plain_int8=f"{same}/{len(prompts)}",
-        compile_s=compile_s,
-    )
+    drafters = [("", QuantSpec())]
+    if weight_group:  # QuantSpec's 4-bit draft weights: does reading a quarter of them pay?
+        drafters.append((" + 4-bit weights", QuantSpec.with_int4_weights(model, weight_group)))
+    for label, drafter in drafters:
+        if time.perf_counter() > deadline:
+            return
+        spec, spec_half, compile_s = run(kv_cache=mode, drafter=drafter, policy=DRAFT)
+        same = sum(a == b for a, b in zip(spec.sequences(), plain8_full.sequences(), strict=True))
+        row(
+            f"QuantSpec {DRAFT.max_depth}{label}",
+            speed(spec, spec_half),
+            tau=spec.stats.tau,
+            accept_per_draft=(spec.stats.tau - 1) / DRAFT.max_depth,
+            accept_by_depth=", ".join(f"{a:.2f}" for a in spec.stats.acceptance_by_depth),
+            greedy_eq_plain_int8=f"{same}/{len(prompts)}",
+            compile_s=compile_s,
+        )
 
 
 # ---- 5. kernels ----
@@ -501,6 +511,7 @@ def main(argv: list[str] | None = None) -> None:
         mode = QuantKV(group=32, recent=32)
         # (batch, (shortest, longest prompt)): the last beyond the 256-token training context
         points, max_new = [(1, (96, 160)), (4, (96, 160)), (2, (300, 400))], 24
+        weight_group = 32
         kernel_shapes, heads, impl = [(1024, 1, 1), (1024, 2, 16)], (4, 2, 128), "xla"
         tuning_shapes, tuning_kw = [(1024, 1, 1)], dict(interpret=True, max_tilings=2)
     else:
@@ -520,6 +531,7 @@ def main(argv: list[str] | None = None) -> None:
         # count, their acceptance is marked as out of the training context.
         points = [(8, (2048, 3968)), (8, (31744, 32640)), (8, (15360, 16256)), (1, (2048, 3968))]
         max_new = 128
+        weight_group = 128  # QuantSpec's
         kernel_shapes = [(s, b, t) for s in args.kernel_slots for b in (1, 8) for t in (1, 16)]
         heads, impl = (32, 8, 128), "pallas"
         tuning_shapes, tuning_kw = [(32768, 1, 1), (32768, 8, 1)], {}
@@ -619,7 +631,9 @@ def main(argv: list[str] | None = None) -> None:
             on_row = lambda r, t=trained: report.add("decode", {**r, "within_trained_context": t})
             kw = dict(allow_beyond_max_position=True) if beyond else {}
             try:
-                decode_rows(models[0], prompts, max_new, mode, on_row, deadline - 60, **kw)
+                decode_rows(
+                    models[0], prompts, max_new, mode, on_row, deadline - 60, weight_group, **kw
+                )
             except Exception as err:  # e.g. a kernel that does not compile: note it, use XLA
                 note = f"batch {batch} with attention={models[0].attention!r}: {err!r}"[:2000]
                 report.data.setdefault("errors", {})[f"decode B{batch}"] = note
@@ -627,7 +641,9 @@ def main(argv: list[str] | None = None) -> None:
                 if models[0].attention == "xla":
                     raise
                 models[0] = specdec.load(target_dir, dtype=dtype, attention="xla")
-                decode_rows(models[0], prompts, max_new, mode, on_row, deadline - 60, **kw)
+                decode_rows(
+                    models[0], prompts, max_new, mode, on_row, deadline - 60, weight_group, **kw
+                )
 
     if "decode" in args.phases:
         run_phase(report, "decode", decode_phase)

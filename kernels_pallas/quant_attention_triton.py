@@ -13,8 +13,9 @@ softmax:
    multiplies the softmax weights and the minimum adds p . min. Levels are u [+ (l - 7.5) / 16],
    the constant part folded into the minimum; the INT8 view multiplies 16 u + l as one 8-bit
    operand. Nibbles become exact float operands four bytes per PTX instruction on the GPU
-   (kernels_pallas/nibble_ptx.py), by element-wise bit tricks in interpret mode. The per-row rule `(j // group + 1) * group + recent <= p` and j < lengths mask it. The INT4
-   (draft) view never loads the lower planes.
+   (kernels_pallas/nibble_ptx.py), by element-wise bit tricks in interpret mode. The per-row
+   rule `(j // group + 1) * group + recent <= p` and j < lengths mask it. The INT4 (draft) view
+   never loads the lower planes.
 2. the full-precision buffer (positions base + [0, F)), holding the recent committed tokens that
    the rule leaves in full precision and the block's own region (tree mask from the bit-packed
    words, exactly as the tree-attention kernel reads it).

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from kernels_pallas import matvec_triton
 from specdec import sharding
+from specdec.quant_weights import QuantWeight
 
 SKINNY_ENV = "SPECDEC_SKINNY_MATMUL"
 SKINNY_CHOICES = ("auto", "xla", "pallas")
@@ -134,7 +135,10 @@ def project(
 ) -> jax.Array:
     """jnp.einsum(spec, x, w) in `dtype` with float32 accumulation and a float32 result (each
     token's row times `row_scale` [B, T, 1] if given), where spec is "BT<c>,<c><o>->BT<o>": x
-    [B, T, *c] contracts its trailing axes with w's leading (`einsum_f32` for its gradients)."""
+    [B, T, *c] contracts its trailing axes with w's leading (`einsum_f32` for its gradients).
+    w may be a `QuantWeight` (4-bit draft weights): its dequantised value through XLA."""
+    if isinstance(w, QuantWeight):  # 4-bit weights: dequantised where XLA can fuse it
+        return einsum_f32(spec, x, w.dequantize(dtype), dtype, precision, row_scale)
     inputs, out = spec.split("->")
     x_axes, w_axes = inputs.split(",")
     contracted, kept = x_axes[2:], w_axes[len(x_axes) - 2 :]

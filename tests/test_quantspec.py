@@ -360,6 +360,15 @@ def test_greedy_quantspec_departs_from_plain_int8_no_more_than_ulp_noise(
     assert _within_ulp_noise(ulp_baseline, got), _departures(sets, ulp_baseline[1], got)
 
 
+def test_greedy_quantspec_with_4bit_weights_departs_no_more_than_ulp_noise(llama, ulp_baseline):
+    """4-bit draft weights change what is proposed, not the verdict: the verify forward keeps the
+    target's own weights, so the output stays plain INT8 decoding's (to its ulp noise)."""
+    sets = ulp_baseline[0]
+    drafter = QuantSpec.with_int4_weights(llama, group=16)
+    got = _generate_sets(llama, sets, kv_cache=MODE, drafter=drafter, policy=Chain(5))
+    assert _within_ulp_noise(ulp_baseline, got), _departures(sets, ulp_baseline[1], got)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class _Retraced(QuantSpec):
@@ -494,6 +503,15 @@ def _pvalue(target, drafter, policy, **sampling) -> tuple[float, float]:
 )
 def test_quantspec_follows_the_int8_cache_law(stat_target, policy, sampling):
     pvalue, tau = _pvalue(stat_target, QuantSpec(), policy, **sampling)
+    assert pvalue > PASS, f"p={pvalue:.3g}"
+    assert tau > 1.1
+
+
+def test_quantspec_with_4bit_weights_follows_the_int8_cache_law(stat_target):
+    drafter = QuantSpec.with_int4_weights(stat_target, group=8)
+    pvalue, tau = _pvalue(
+        stat_target, drafter, Chain(2, "sample"), temperature=0.8, top_k=3, top_p=0.9
+    )
     assert pvalue > PASS, f"p={pvalue:.3g}"
     assert tau > 1.1
 
