@@ -154,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
         "int8-hierarchical)",
     )
     gen.add_argument(
+        "--int4-draft-weights",
+        type=int,
+        nargs="?",
+        const=128,
+        default=None,
+        metavar="GROUP",
+        help="with --quantspec: draft with 4-bit copies of the weights, groups of GROUP input "
+        "features (default 128)",
+    )
+    gen.add_argument(
         "--policy",
         default=None,
         help=f"needs a drafter: {POLICY_FORMS} (default: the drafter's own)",
@@ -260,6 +270,8 @@ def make_drafter(args, model: specdec.Model, mesh):
     if args.early_exit is not None:
         return EarlyExit(exit_layer=args.early_exit)
     if args.quantspec:
+        if args.int4_draft_weights is not None:
+            return QuantSpec.with_int4_weights(model, args.int4_draft_weights)
         return QuantSpec()
     return None
 
@@ -273,6 +285,8 @@ def run_generate(args) -> int:
             raise CLIError(
                 f"{flag} shapes speculative drafts: it needs a drafter ({', '.join(DRAFTER_FLAGS)})"
             )
+    if args.int4_draft_weights is not None and not args.quantspec:
+        raise CLIError("--int4-draft-weights are QuantSpec's draft weights: it needs --quantspec")
     policy = parse_policy(args.policy, args.children) if args.policy else None
     kv_cache = args.kv_cache or ("int8-hierarchical" if args.quantspec else None)
     mesh = sharding.mesh_from_text(args.mesh)

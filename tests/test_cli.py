@@ -236,6 +236,8 @@ def test_broken_checkpoint_is_one_error_line_naming_the_file(copy, break_checkpo
         (["--ngram", "2", "--draft-model", "x"], "choose one drafter, got --draft-model and"),
         (["--early-exit", "1", "--quantspec"], "--early-exit and --quantspec"),
         (["--kv-cache", "int4"], "invalid choice: 'int4'"),
+        (["--int4-draft-weights"], "it needs --quantspec"),
+        (["--quantspec", "--int4-draft-weights", "48"], "not a multiple of group=48"),
         (["--steps-per-sync", "0"], "steps_per_sync"),
         (["--max-new-tokens", "0"], "max_new_tokens"),
         (["--top-p", "0"], "top_p"),
@@ -345,6 +347,14 @@ def test_cli_drafters_policies_and_cache_options(
         assert kwargs["drafter"] == drafter
     assert kwargs["steps_per_sync"] == (4 if "--steps-per-sync" in args else 1)
     assert "tok/s" in out
+
+
+def test_cli_quantspec_with_int4_draft_weights(checkpoint, generate_calls, capsys):
+    args = ("--model", str(checkpoint), "--prompt", "the quick", "--max-new-tokens", "6")
+    assert generate(*args, "--quantspec", "--int4-draft-weights", "16") == 0
+    drafter = generate_calls[0][1]["drafter"]
+    assert isinstance(drafter, QuantSpec) and drafter.weights
+    assert {w.group for w in drafter.weights.values()} == {16}
 
 
 def test_cli_eagle_head(checkpoint, tmp_path, generate_calls, capsys):
