@@ -8,14 +8,15 @@ hierarchical INT4/INT8 cache (quality, bytes, decoding speed, self-speculation) 
 
 Phases (--phases, default all four), against one deadline (--deadline-s, default 560 s),
 results rewritten to $OUT/quantspec.json and $OUT/quantspec.md after every row:
-  kernels  first (no trained model needed): Llama-3-8B heads (32 query / 8 KV heads, H 128),
-           S in {8k, 32k, 64k}, B in {1, 8}, T in {1, 16}: time, bytes read and roofline of the
+  kernels  first (no trained model needed): Llama-3-8B heads (32 query / 8 KV heads, H 128;
+           --kernel-heads, e.g. the `small` target's 12 4 64), S in --kernel-slots (default
+           8k, 32k, 64k), B in {1, 8}, T in {1, 16}: time, bytes read and roofline of the
            quantised kernel (INT8 and INT4 views) against the bf16 tree-attention kernel at the
            same shape; device time from CUPTI (bench_tree_attention.Timer), inputs rotated so each
            call reads HBM, not L2
-  tuning   the Triton kernel at S = 32k, B in {1, 8}, T = 1, each view: the default tiling
-           against each of its choices undone (PTX nibble unpacking; INT8: fused planes; INT4:
-           three programs per multiprocessor)
+  tuning   the Triton kernel at S = 32k (or the first --kernel-slots), B in {1, 8}, T = 1,
+           each view: the default tiling against each of its choices undone (PTX nibble
+           unpacking; INT8: fused planes; INT4: three programs per multiprocessor)
   (decode or quality asks for a trained target: tokenizer + ShareGPT token streams, multi-turn
   conversations concatenated and packed into windows of --context tokens, >= 4096 on GPU; the
   `small` target trained at that context for what the deadline leaves, bf16 export)
@@ -86,8 +87,8 @@ class Report:
         tables = {
             "quality": ("Quantised cache vs bf16 cache (held-out, teacher-forced)", None),
             "decode": ("Decoding (greedy)", None),
-            "kernels": ("Kernels (Llama-3-8B heads)", None),
-            "tuning": ("Triton quantised-kernel tilings (Llama-3-8B heads)", None),
+            "kernels": ("Kernels (heads: see env)", None),
+            "tuning": ("Triton quantised-kernel tilings (heads: see env)", None),
         }
         for key, (title, _) in tables.items():
             rows = d.get(key)
@@ -475,6 +476,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--context", type=int, help="training context (>= 4096 on GPU)")
     p.add_argument("--peak-bw", type=float, default=H200_BYTES_PER_S)
     p.add_argument(
+        "--kernel-heads",
+        type=int,
+        nargs=3,
+        default=[32, 8, 128],
+        metavar=("N", "K", "H"),
+        help="query heads, KV heads, head dim of the kernels and tuning phases (GPU; default "
+        "Llama-3-8B's; the `small` target's are 12 4 64)",
+    )
+    p.add_argument(
         "--kernel-slots",
         type=int,
         nargs="+",
@@ -533,11 +543,14 @@ def main(argv: list[str] | None = None) -> None:
         max_new = 128
         weight_group = 128  # QuantSpec's
         kernel_shapes = [(s, b, t) for s in args.kernel_slots for b in (1, 8) for t in (1, 16)]
-        heads, impl = (32, 8, 128), "pallas"
-        tuning_shapes, tuning_kw = [(32768, 1, 1), (32768, 8, 1)], {}
+        heads, impl = tuple(args.kernel_heads), "pallas"
+        tuning_slots = 32768 if 32768 in args.kernel_slots else args.kernel_slots[0]
+        tuning_shapes = [(tuning_slots, b, 1) for b in (1, 8)]
+        tuning_kw = {}
 
     timer = Timer()
     report.data["env"]["kernel timing"] = timer.method
+    report.data["env"]["kernel heads (N, K, H)"] = heads
 
     def kernel_phase():
         on_row = lambda r: report.add("kernels", r)
