@@ -295,10 +295,13 @@ def _quant_attention_kernel(
         )
 
 
-# Nibbles n in [0, 16) as exact matrix operands without an int-to-float conversion: their bits
-# OR'd into the mantissa of a power of two (bf16 128 + n: 0x4300 | n; f16 1024 + n), the offset
-# taken off the product afterwards; float32 converts (interpret mode, tests).
-_NIBBLE_MAGIC = {jnp.dtype(jnp.bfloat16): (0x4300, 128.0), jnp.dtype(jnp.float16): (0x6400, 1024.0)}
+# Nibbles n in [0, 16) as exact matrix operands without an int-to-float conversion, element by
+# element (interpret mode; `ptx_unpack=False`): their bits OR'd into the mantissa of a power of
+# two (nibble_ptx.MAGIC's exponent byte: bf16 0x4300 | n = 128 + n, f16 1024 + n), the offset
+# taken off the product afterwards; float32 converts.
+_NIBBLE_MAGIC = {
+    dtype: (byte << 8, offset) for dtype, (byte, offset, *_) in nibble_ptx.MAGIC.items()
+}
 
 
 def _byte_operands(hi: jax.Array, lo: jax.Array, dtype) -> tuple[jax.Array, jax.Array, float]:
