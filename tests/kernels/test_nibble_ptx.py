@@ -61,3 +61,15 @@ def test_render_numbers_outputs_then_inputs_and_declares_temporaries():
     assert re.search(r"lop3\.b32 nib_c, \$2, nib_t,", text)  # upper is $2, lower $3
     assert re.search(r"shr\.u32 nib_t, \$3,", text)
     assert re.search(r"fma\.rn\.f16x2 \$0,", text) and re.search(r"fma\.rn\.f16x2 \$1,", text)
+
+
+def test_quant_kernel_once_runs_both_unpackings_in_interpret_mode(capsys):
+    """The profiler driver (experiments/quant_kernel_once.py) on the CPU: one launch per
+    unpacking, in order (interpret mode runs the element-wise path for both)."""
+    from experiments import quant_kernel_once
+
+    quant_kernel_once.main(["--slots", "512", "--batch", "1", "--views", "int4", "--interpret"])
+    launched = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("launched")
+    ]
+    assert [("ptx_unpack=True" in line) for line in launched] == [True, False]
