@@ -59,6 +59,11 @@ class QuantSpec(Drafter):
     def default_policy(self) -> Policy:
         return Chain(DEFAULT_DRAFT_LENGTH)
 
+    def check(self, target_config, target_tokenizer, policy):
+        super().check(target_config, target_tokenizer, policy)
+        if self.weights:
+            quant_weights.check_weights(self.weights, target_config)
+
     def init_state(self, batch, capacity, policy):
         return ()
 

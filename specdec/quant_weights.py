@@ -90,6 +90,38 @@ def quantize_model(module, group: int = DEFAULT_GROUP) -> dict[str, QuantWeight]
     return weights
 
 
+def expected_shapes(config) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight `quantize_model` quantises for a target of this ModelConfig."""
+    d, n, k, h = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+    f = config.intermediate_size
+    per_layer = {
+        "attn.qkv": (d, k, n // k + 2, h),
+        "attn.o": (n, h, d),
+        "mlp.gate_up": (d, 2, f),
+        "mlp.down": (f, d),
+    }
+    shapes = {
+        f"layers.{i}.{name}": s for i in range(config.num_layers) for name, s in per_layer.items()
+    }
+    if not config.tie_word_embeddings:
+        shapes["lm_head"] = (d, config.vocab_size)
+    return shapes
+
+
+def check_weights(weights: dict[str, QuantWeight], config) -> None:
+    """Raise ValueError unless `weights` are this target's (the same names and shapes)."""
+    want = expected_shapes(config)
+    got = {path: w.shape for path, w in weights.items()}
+    if got != want:
+        wrong = sorted(p for p in want.keys() | got.keys() if want.get(p) != got.get(p))
+        raise ValueError(
+            f"4-bit draft weights do not fit this target: {wrong[0]} is "
+            f"{got.get(wrong[0], 'missing')}, the target's is {want.get(wrong[0], 'absent')} "
+            f"({len(wrong)} weights differ); quantise the target itself "
+            f"(QuantSpec.with_int4_weights(model))"
+        )
+
+
 def with_weights(module, weights: dict):
     """A copy of the module whose named weights are replaced by `weights` ({path: QuantWeight or
     array}); the module itself (whose Variables `nnx.merge` shares with its Net) is untouched."""

@@ -10,6 +10,7 @@ import specdec
 from drafters import QuantSpec
 from specdec import quant_weights as qw
 from specdec.config import tiny_config
+from specdec.quant_cache import QuantKV
 
 
 def test_dequantized_weights_are_within_half_a_step_of_each_group():
@@ -67,3 +68,15 @@ def test_quantspec_carries_its_weights_as_pytree_leaves():
     assert len(leaves) == 3 * len(drafter.weights)  # levels, scale, minimum each
     assert jax.tree.unflatten(tree, leaves).weights.keys() == drafter.weights.keys()
     assert jax.tree.leaves(QuantSpec()) == []
+
+
+def test_weights_of_another_model_are_a_clear_error():
+    small = specdec.Model.random(tiny_config(vocab_size=64), seed=3, attention="xla")
+    wide = specdec.Model.random(
+        tiny_config(vocab_size=64, intermediate_size=256), seed=3, attention="xla"
+    )
+    drafter = QuantSpec.with_int4_weights(small, group=16)
+    assert set(drafter.weights) == set(qw.expected_shapes(small.config))
+    with pytest.raises(ValueError, match=r"layers.0.mlp.down is \(128, 64\), the target's is"):
+        specdec.generate(wide, [[1, 2, 3]], max_new_tokens=4, drafter=drafter,
+                         kv_cache=QuantKV(group=16, recent=16))  # fmt: skip
