@@ -22,6 +22,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.pallas import triton as pltriton
 
 # The 16-bit float whose high byte is `magic` and low byte a value c < 256 (f16) or < 128 (bf16)
 # is offset + c, exactly: f16 0x64__ = 1024 + c, bf16 0x43__ = 128 + c. Subtracting the offset
@@ -154,8 +155,6 @@ def levels_program(high: bool) -> list[Instr]:
 
 def _run(program, inputs, dtype):
     """One result (Pallas lowers a single-result asm only): four 16-bit floats per instance."""
-    from jax.experimental.pallas import triton as pltriton  # GPU-only primitive, lowered by Triton
-
     asm = render(program, ["out0", "out1"], [name for name, _ in inputs])
     [out] = pltriton.elementwise_inline_asm(
         asm,

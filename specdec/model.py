@@ -22,7 +22,6 @@ from specdec import projection
 from specdec.attention import attend, attend_block, causal_attention
 from specdec.cache import Cache, Region
 from specdec.config import ModelConfig
-from specdec.quant_weights import QuantWeight
 from specdec.rope import apply_rotary, inverse_frequencies, rotary_tables
 
 
@@ -400,6 +399,4 @@ class Transformer(nnx.Module):
         precision = _matmul_precision(self.dtype)
         if hidden.ndim == 3 and not tied:  # [B, T, D]: a decode step's rows may take the kernel
             return projection.project("BTD,DV->BTV", hidden, w, self.dtype, precision)
-        if isinstance(w, QuantWeight):  # a QuantSpec draft's 4-bit head
-            w = w.dequantize(self.dtype)
         return projection.einsum_f32("...D,DV->...V", hidden, w, self.dtype, precision)

@@ -119,7 +119,10 @@ def einsum_f32(
     the plain einsum would upcast the other operand and run them as float32 GEMMs), and the
     gradient of `row_scale` is reduced over x's features instead of the product's (autodiff would
     keep the float32 product for it). Gradients come back in x's, w's and row_scale's own dtypes.
-    Spec: explicit axes (or "..."), each in exactly two of the three terms."""
+    Spec: explicit axes (or "..."), each in exactly two of the three terms. w may be a
+    `QuantWeight` (4-bit draft weights): its dequantised value."""
+    if isinstance(w, QuantWeight):  # 4-bit draft weights: dequantised where XLA can fuse it
+        w = w.dequantize(dtype)
     if jnp.dtype(dtype) == jnp.float32:
         return _product(spec, x, w, row_scale, dtype, precision)
     return _mixed_product(spec, x, w, row_scale, dtype, precision)
@@ -137,8 +140,8 @@ def project(
     token's row times `row_scale` [B, T, 1] if given), where spec is "BT<c>,<c><o>->BT<o>": x
     [B, T, *c] contracts its trailing axes with w's leading (`einsum_f32` for its gradients).
     w may be a `QuantWeight` (4-bit draft weights): its dequantised value through XLA."""
-    if isinstance(w, QuantWeight):  # 4-bit weights: dequantised where XLA can fuse it
-        return einsum_f32(spec, x, w.dequantize(dtype), dtype, precision, row_scale)
+    if isinstance(w, QuantWeight):  # not the kernel: XLA may fuse the dequantisation
+        return einsum_f32(spec, x, w, dtype, precision, row_scale)
     inputs, out = spec.split("->")
     x_axes, w_axes = inputs.split(",")
     contracted, kept = x_axes[2:], w_axes[len(x_axes) - 2 :]

@@ -77,6 +77,11 @@ def quantize(w: jax.Array, contracted: int, group: int = DEFAULT_GROUP) -> Quant
 PROJECTIONS = {("attn", "qkv"): 1, ("attn", "o"): 2, ("mlp", "gate_up"): 1, ("mlp", "down"): 1}
 
 
+def _layer_path(i: int, block: str, name: str) -> str:
+    """The name `quantize_model` gives layer i's weight `block.name`."""
+    return f"layers.{i}.{block}.{name}"
+
+
 def quantize_model(module, group: int = DEFAULT_GROUP) -> dict[str, QuantWeight]:
     """Every projection weight of a Transformer module (and its LM head when untied), quantised:
     {"layers.<i>.<block>.<name>" or "lm_head": QuantWeight}."""
@@ -84,7 +89,7 @@ def quantize_model(module, group: int = DEFAULT_GROUP) -> dict[str, QuantWeight]
     for i, layer in enumerate(module.layers):
         for (block, name), contracted in PROJECTIONS.items():
             w = getattr(getattr(layer, block), name)[...]
-            weights[f"layers.{i}.{block}.{name}"] = quantize(w, contracted, group)
+            weights[_layer_path(i, block, name)] = quantize(w, contracted, group)
     if hasattr(module, "lm_head"):
         weights["lm_head"] = quantize(module.lm_head[...], 1, group)
     return weights
@@ -95,13 +100,15 @@ def expected_shapes(config) -> dict[str, tuple[int, ...]]:
     d, n, k, h = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
     f = config.intermediate_size
     per_layer = {
-        "attn.qkv": (d, k, n // k + 2, h),
-        "attn.o": (n, h, d),
-        "mlp.gate_up": (d, 2, f),
-        "mlp.down": (f, d),
+        ("attn", "qkv"): (d, k, n // k + 2, h),
+        ("attn", "o"): (n, h, d),
+        ("mlp", "gate_up"): (d, 2, f),
+        ("mlp", "down"): (f, d),
     }
     shapes = {
-        f"layers.{i}.{name}": s for i in range(config.num_layers) for name, s in per_layer.items()
+        _layer_path(i, block, name): shape
+        for i in range(config.num_layers)
+        for (block, name), shape in per_layer.items()
     }
     if not config.tie_word_embeddings:
         shapes["lm_head"] = (d, config.vocab_size)
