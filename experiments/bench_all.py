@@ -382,7 +382,7 @@ def device_step(ctx, model, prompts, max_new, **kwargs) -> dict:
     """Device (CUPTI) and wall ms per decode step and kernels per step, from two loop lengths
     sharing one compiled loop (prefill and launch costs cancel in the difference)."""
     timer = ctx["timer"]
-    ((s_full, full), (s_half, half)), _ = loop_runs(model, prompts, max_new, timer, **kwargs)
+    ((s_full, full, _), (s_half, half, _)), _ = loop_runs(model, prompts, max_new, timer, **kwargs)
     steps = max(s_full - s_half, 1)
     out = {
         "method": timer.method,

@@ -1,5 +1,6 @@
-"""XLA flag sets against the plain decode step: `profile_step.py` in one child process per
-(flags, model, batch) (XLA reads its flags once, at start), one summary table.
+"""XLA flag sets against a decode step: `profile_step.py` in one child process per
+(flags, model, batch) (XLA reads its flags once, at start), one summary table; `--step-args` passes
+more of profile_step's arguments (a long prompt, a cache mode, a drafter, wall-clock timing).
 
     # on the GPU machine:
     PYTHONPATH=. python3 experiments/flag_sweep.py --models small --out $OUT/flags
@@ -14,6 +15,7 @@ know is fatal at start) is recorded with its stderr tail.
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -33,20 +35,33 @@ VARIANTS = {
 }
 
 
-def run_child(out: Path, label: str, flags: str, model: str, batch: int, smoke: bool, timeout):
+def run_child(
+    out: Path,
+    label: str,
+    flags: str,
+    model: str,
+    batch: int,
+    smoke: bool,
+    timeout,
+    step_args: tuple[str, ...] = (),
+):
     env = dict(os.environ, XLA_FLAGS=flags)
-    command = [
-        sys.executable,
-        str(Path(__file__).with_name("profile_step.py")),
-        "--model",
-        model,
-        "--batch",
-        str(batch),
-        "--label",
-        label,
-        "--out",
-        str(out),
-    ] + (["--smoke"] if smoke else [])
+    command = (
+        [
+            sys.executable,
+            str(Path(__file__).with_name("profile_step.py")),
+            "--model",
+            model,
+            "--batch",
+            str(batch),
+            "--label",
+            label,
+            "--out",
+            str(out),
+        ]
+        + (["--smoke"] if smoke else [])
+        + list(step_args)
+    )
     start = time.perf_counter()
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -58,9 +73,11 @@ def run_child(out: Path, label: str, flags: str, model: str, batch: int, smoke: 
     path = out / f"{label}.json"
     if rc == 0 and path.exists():
         prof = json.loads(path.read_text())
-        for key in ("device_ms_per_step", "wall_ms_per_step", "kernels_per_step", "method"):
+        keys = ("device_ms_per_step", "wall_ms_per_step", "kernels_per_step", "method")
+        for key in (*keys, "history_sha256"):
             row[key] = prof.get(key)
         row["top"] = prof.get("by_name", [])[:8]
+        row["by_phase_mean"] = prof.get("by_phase_mean")
     else:
         row["error"] = tail
     return row
@@ -91,6 +108,13 @@ def main(argv=None) -> None:
     parser.add_argument("--deadline-s", type=float, default=540.0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--step-args",
+        default="",
+        help='more profile_step.py arguments for every child, e.g. "--wall --prompt-len 3968 '
+        '--kv-cache int8-hierarchical --drafter quantspec --depth 5"',
+    )
+    parser.add_argument("--tag", default="", help="appended to each child's label")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     variants = ["default"] if args.smoke else args.variants
@@ -103,9 +127,18 @@ def main(argv=None) -> None:
                 if left < 30:
                     rows.append(dict(label=name, model=model, batch=batch, rc="skipped"))
                     continue
-                label = f"{name}__{model}_b{batch}"
+                label = f"{name}__{model}_b{batch}{args.tag}"
                 timeout = min(args.child_timeout, left - 5)
-                row = run_child(args.out, label, VARIANTS[name], model, batch, args.smoke, timeout)
+                row = run_child(
+                    args.out,
+                    label,
+                    VARIANTS[name],
+                    model,
+                    batch,
+                    args.smoke,
+                    timeout,
+                    tuple(shlex.split(args.step_args)),
+                )
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "top"}), flush=True)
                 (args.out / "flags.json").write_text(json.dumps(rows, indent=1))

@@ -1,7 +1,8 @@
 """Where a decode step's time goes: every kernel of one step, in launch order, and the optimised
 HLO of the compiled loop (what XLA fused), for the random `small` or Llama-3-8B shape; plain
 decoding, or a speculative step (`--drafter self`: the target drafting for itself, every draft
-accepted at T = 0; `--drafter ngram`) with Chain(--depth).
+accepted at T = 0; `--drafter ngram`; `--drafter quantspec` / `quantspec4`: QuantSpec, with the
+target's or 4-bit weights, which needs `--kv-cache int8-hierarchical`) with Chain(--depth).
 
     # on the GPU machine (CUPTI through bench_tree_attention.Timer):
     PYTHONPATH=. python3 experiments/profile_step.py --model small --batch 1 --out $OUT/prof
@@ -14,10 +15,13 @@ HLO (the while body's fusions are the step's kernels). One step's kernels: a win
 `kernels_per_step` launches from the middle of the longer loop's steps. `by_phase` sums them by
 the loop's named scope (draft, verify_forward, verify_walk, commit, observe) that the HLO's
 metadata gives each fusion; custom kernels (Pallas attention) have no instruction name to match
-and are listed by their own names.
+and are listed by their own names. `by_phase_mean` is the same per step over every launch of the
+two runs (right where steps differ, e.g. the quantised cache's occasional flush); `--wall` times
+without CUPTI, whose tracing slows the host.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -31,7 +35,7 @@ import jax
 import numpy as np
 
 import specdec
-from drafters import DraftModel, NGram
+from drafters import DraftModel, NGram, QuantSpec
 from experiments.bench_tree_attention import Timer
 from specdec.config import llama3_8b_config, tiny_config
 from specdec.engine.generate import prepare
@@ -97,6 +101,31 @@ def by_phase(step: list[tuple[str, float]], phases: dict[str, str]) -> dict[str,
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]["us"]))
 
 
+def mean_by_phase(
+    full: list[tuple[str, float]],
+    half: list[tuple[str, float]],
+    steps: int,
+    phases: dict,
+    half_phases: dict | None = None,
+) -> dict[str, dict]:
+    """Kernels and microseconds per step of each phase, from every launch of the two runs (the
+    longer's minus the shorter's, over the `steps` steps between them): unlike the one-step window,
+    right when steps differ (a `lax.cond` that runs now and then, such as the quantised cache's
+    flush of a completed group). `half_phases`: the shorter run's map when it ran another
+    executable (default `phases`)."""
+    a, b = by_phase(full, phases), by_phase(half, phases if half_phases is None else half_phases)
+    out = {}
+    for name in a.keys() | b.keys():
+        x, y = a.get(name, {"kernels": 0, "us": 0.0}), b.get(name, {"kernels": 0, "us": 0.0})
+        if x == y:  # outside the steps (prefill, loop exit)
+            continue
+        out[name] = {
+            "kernels": round((x["kernels"] - y["kernels"]) / steps, 2),
+            "us": round((x["us"] - y["us"]) / steps, 2),
+        }
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["us"]))
+
+
 def steady_step(ordered: list, outside: int, steps: int, per_step: int) -> list:
     """One steady step's launches out of a loop run's ordered launches: `outside` kernels are
     not steps' (prefill and loop exit, known from the two runs' difference), `steps` steps of
@@ -109,29 +138,34 @@ def steady_step(ordered: list, outside: int, steps: int, per_step: int) -> list:
 def loop_runs(model, prompts, new: int, timer: Timer, *, max_reps: int = 400, **kwargs):
     """The decode loop timed at `new` and `new // 2 + 1` new tokens, one compiled executable per
     loop shape (the two share one when the buckets agree, so prefill and launch costs cancel in
-    the difference): ([(steps, timing), (steps, timing)], the loop's optimised HLO text)."""
-    runs, executables = [], {}
+    the difference): ([(steps, timing, the executable's optimised HLO text)] for the two runs,
+    [a digest of each run's token history])."""
+    runs, executables, digests = [], {}, []
     for max_new in (new, new // 2 + 1):
         prepared = prepare(model, prompts, max_new_tokens=max_new, **kwargs)
         if prepared.shape not in executables:  # not donating: the timer reuses the arguments
             loop = jax.jit(lambda *a, p=prepared: decode_loop(*a, policy=p.policy, shape=p.shape))
             executables[prepared.shape] = loop.lower(*prepared.args).compile()
         run = executables[prepared.shape]
-        steps = int(run(*prepared.args).steps)
-        runs.append((steps, timer(run, [prepared.args], max_reps=max_reps)))
-    return runs, next(iter(executables.values())).as_text()
+        output = run(*prepared.args)
+        steps, history = int(output.steps), np.asarray(output.history)
+        digests.append(hashlib.sha256(history.tobytes()).hexdigest()[:16])
+        hlo = executables[prepared.shape].as_text()
+        runs.append((steps, timer(run, [prepared.args], max_reps=max_reps), hlo))
+    return runs, digests
 
 
 def profile(model, prompts, new: int, timer: Timer, **kwargs) -> tuple[dict, str]:
     """Per-step device / wall time and kernels, the ordered kernels of one steady step (by name
     and by phase), and the compiled loop's HLO text (`loop_runs`)."""
-    ((s_full, full), (s_half, half)), hlo = loop_runs(
+    ((s_full, full, hlo), (s_half, half, hlo_half)), digests = loop_runs(
         model, prompts, new, timer, max_reps=20, **kwargs
     )
     steps = max(s_full - s_half, 1)
     out = dict(
         method=timer.method,
         steps=[s_full, s_half],
+        history_sha256=digests,  # the two runs' token histories: equal across flags if lossless
         device_ms_per_step=(full["ms"] - half["ms"]) / steps,
         wall_ms_per_step=(full["wall_ms"] - half["wall_ms"]) / steps,
     )
@@ -144,7 +178,13 @@ def profile(model, prompts, new: int, timer: Timer, **kwargs) -> tuple[dict, str
         out["one_step"] = [dict(name=n, us=round(us, 2)) for n, us in step]
         out["one_step_us"] = sum(us for _, us in step)
         out["by_name"] = by_name(step)
-        out["by_phase"] = by_phase(step, instruction_phases(hlo))
+        phases = instruction_phases(hlo)
+        out["by_phase"] = by_phase(step, phases)
+        halves = [(name, 1e3 * ms) for name, ms in half["breakdown"]]
+        # each run's kernels named by its own executable (fusion numbers differ between two)
+        out["by_phase_mean"] = mean_by_phase(
+            ordered, halves, steps, phases, instruction_phases(hlo_half)
+        )
     return out, hlo
 
 
@@ -155,33 +195,62 @@ def main(argv=None) -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new", type=int, default=32, help="new tokens of the longer loop")
     parser.add_argument("--attention", default="auto")
-    parser.add_argument("--drafter", choices=("none", "self", "ngram"), default="none")
+    parser.add_argument(
+        "--drafter", choices=("none", "self", "ngram", "quantspec", "quantspec4"), default="none"
+    )
+    parser.add_argument(
+        "--kv-cache",
+        choices=("default", "int8-hierarchical"),
+        default="default",
+        help="the cache mode (quantspec drafters need int8-hierarchical)",
+    )
     parser.add_argument("--depth", type=int, default=4, help="Chain depth with a drafter")
     parser.add_argument("--label", default=None, help="output name (default: model_bB)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny float32 model (CPU)")
+    parser.add_argument("--steps-per-sync", type=int, default=1, help="generate's steps_per_sync")
+    parser.add_argument(
+        "--wall",
+        action="store_true",
+        help="wall clock only, no CUPTI (which slows the host: a step's wall time under it is "
+        "not the time without a profiler)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     label = args.label or f"{args.model}_b{args.batch}" + (
         "" if args.drafter == "none" else f"_{args.drafter}_chain{args.depth}"
-    )
+    ) + ("" if args.kv_cache == "default" else "_int8kv")
     cfg = config_for(args.model, args.smoke)
     dtype = "float32" if args.smoke else "bfloat16"
     start = time.perf_counter()
     model = specdec.Model.random(cfg, seed=0, dtype=dtype, attention=args.attention)
     rng = np.random.default_rng(0)
     prompts = rng.integers(0, cfg.vocab_size, (args.batch, args.prompt_len)).tolist()
-    speculative = {}
+    speculative = dict(steps_per_sync=args.steps_per_sync)
+    if args.kv_cache != "default":
+        speculative["kv_cache"] = args.kv_cache
     if args.drafter != "none":
-        drafter = DraftModel(model) if args.drafter == "self" else NGram(3)
-        speculative = dict(drafter=drafter, policy=Chain(args.depth))
-    result, hlo = profile(model, prompts, args.new, Timer(), **speculative)
+        drafter = {
+            "self": lambda: DraftModel(model),
+            "ngram": lambda: NGram(3),
+            "quantspec": QuantSpec,
+            "quantspec4": lambda: QuantSpec.with_int4_weights(
+                model, group=32 if args.smoke else 128
+            ),
+        }[args.drafter]()
+        speculative.update(drafter=drafter, policy=Chain(args.depth))
+    timer = Timer()
+    if args.wall:
+        timer.ext, timer.method = None, "wall"
+    result, hlo = profile(model, prompts, args.new, timer, **speculative)
     result.update(
         label=label,
         model=str(model),
         batch=args.batch,
         prompt_len=args.prompt_len,
         drafter=args.drafter,
+        kv_cache=args.kv_cache,
+        steps_per_sync=args.steps_per_sync,
         depth=args.depth if args.drafter != "none" else 0,
         xla_flags=os.environ.get("XLA_FLAGS", ""),
         device=str(jax.devices()[0]),
@@ -193,7 +262,7 @@ def main(argv=None) -> None:
     summary = {k: result.get(k) for k in ("device_ms_per_step", "wall_ms_per_step")}
     summary["kernels_per_step"] = result.get("kernels_per_step")
     print(label, json.dumps(summary), file=sys.stderr)
-    for phase, row in result.get("by_phase", {}).items():
+    for phase, row in result.get("by_phase_mean", {}).items():
         print(f"  {phase}: {row['kernels']} kernels, {row['us']:.1f} us", file=sys.stderr)
     for row in result.get("by_name", [])[:25]:
         print(f"  {row['launches']:4d} x {row['us']:8.1f} us  {row['name']}", file=sys.stderr)

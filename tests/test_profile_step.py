@@ -59,3 +59,11 @@ def test_a_speculative_smoke_profile_names_the_draft_phase(tmp_path):
     hlo = (tmp_path / "small_b1_self_chain2_hlo.txt").read_text()
     phases = set(profile_step.instruction_phases(hlo).values())
     assert {"draft", "verify_forward", "commit"} <= phases
+
+
+def test_phase_means_use_every_launch_of_both_runs():
+    phases = {"a": "draft", "b": "commit"}
+    full = [("p", 9.0)] + [("a", 2.0)] * 6 + [("b", 4.0)]  # one flush-like kernel in 6 steps
+    half = [("p", 9.0)] + [("a", 2.0)] * 2
+    means = profile_step.mean_by_phase(full, half, 4, phases)
+    assert means == {"draft": {"kernels": 1.0, "us": 2.0}, "commit": {"kernels": 0.25, "us": 1.0}}
