@@ -81,6 +81,7 @@ from experiments.bench_decode import timed_step_seconds
 from experiments.profile_step import loop_runs
 from experiments.profile_train import causal_attention_as, train_setup
 from experiments.train_reference_gpu import TREE
+from specdec import xla_flags
 from specdec.checkpoint import expand_table
 from specdec.config import llama3_8b_config, tiny_config
 from specdec.engine.generate import clear_compiled_loops
@@ -953,13 +954,12 @@ def section_hf_small(report: Report, ctx: dict) -> None:
 # jax's XLA may differ, hence the explicit +CONDITIONAL); +WHILE lets a whole decode loop (a
 # data-dependent while) become one CUDA graph with a device-side loop condition, so the host no
 # longer waits for each step's predicate, nor for `probabilities`' temperature / filter conds.
+# The last is what `import specdec` adds (specdec/xla_flags.py); each child runs with exactly its
+# variant's flags.
 FLAG_VARIANTS = (
-    ("default", ""),
+    ("XLA default", ""),
     ("+CONDITIONAL,+WHILE", "--xla_gpu_enable_command_buffer=+CONDITIONAL,+WHILE"),
-    (
-        "+CONDITIONAL,+WHILE min_graph_size=1",
-        "--xla_gpu_enable_command_buffer=+CONDITIONAL,+WHILE --xla_gpu_graph_min_graph_size=1",
-    ),
+    ("+CONDITIONAL,+WHILE min_graph_size=1 (specdec)", " ".join(xla_flags.COMMAND_BUFFER_FLAGS)),
 )
 
 
@@ -973,6 +973,7 @@ def section_cmdbuf(report: Report, ctx: dict) -> None:
             break
         out = Path(report.out or "/tmp/bench_all") / f"cmdbuf_{len(rows)}"
         env = dict(os.environ, XLA_FLAGS=flags, XLA_PYTHON_CLIENT_MEM_FRACTION="0.15")
+        env["SPECDEC_COMMAND_BUFFERS"] = "0"  # exactly `flags` (not specdec's default added)
         command = [
             sys.executable,
             __file__,

@@ -21,15 +21,19 @@ import sys
 import time
 from pathlib import Path
 
-CMDBUF = "--xla_gpu_enable_command_buffer=+CONDITIONAL,+WHILE --xla_gpu_graph_min_graph_size=1"
+from specdec import xla_flags
+
+CMDBUF = " ".join(xla_flags.COMMAND_BUFFER_FLAGS)
 NO_TRITON_GEMM = "--xla_gpu_enable_triton_gemm=false"
 EXHAUSTIVE = "--xla_gpu_exhaustive_tiling_search=true"
 
-# label -> XLA_FLAGS. (jax 0.11.2's XLA has no --xla_gpu_enable_dot_strength_reduction: the
-# matrix-vector rewrite behind the small step's multiply + reduce pairs cannot be turned off.)
+# label -> XLA_FLAGS, exactly (each child runs with SPECDEC_COMMAND_BUFFERS=0: "default" is XLA's
+# defaults, without the command-buffer flags `import specdec` adds, specdec/xla_flags.py).
+# (jax 0.11.2's XLA has no --xla_gpu_enable_dot_strength_reduction: the matrix-vector rewrite
+# behind the small step's multiply + reduce pairs cannot be turned off.)
 VARIANTS = {
     "default": "",
-    "cmdbuf": CMDBUF,  # whole while loops as CUDA graphs
+    "cmdbuf": CMDBUF,  # whole while loops as CUDA graphs (specdec's default since run 8)
     "no_triton_gemm": NO_TRITON_GEMM,  # cuBLAS for every GEMM
     "exhaustive": EXHAUSTIVE,  # the GEMM autotuner tries every Triton tiling (split-K for GEMVs)
 }
@@ -45,7 +49,7 @@ def run_child(
     timeout,
     step_args: tuple[str, ...] = (),
 ):
-    env = dict(os.environ, XLA_FLAGS=flags)
+    env = dict(os.environ, XLA_FLAGS=flags, SPECDEC_COMMAND_BUFFERS="0")  # exactly `flags`
     command = (
         [
             sys.executable,

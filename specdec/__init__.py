@@ -10,6 +10,8 @@ Dimension letters used in shape comments everywhere in this repository:
     F  MLP hidden width             V  vocabulary
 """
 
+# First: XLA reads XLA_FLAGS once, at the first backend initialisation (specdec/xla_flags.py).
+from specdec import xla_flags  # noqa: F401  (adds the GPU command-buffer flags)
 from specdec.config import ModelConfig, RopeConfig
 from specdec.engine.generate import (
     GenerateOutput,
