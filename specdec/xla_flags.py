@@ -11,10 +11,10 @@ per flag set): `small` plain step at batch 1 0.507 -> 0.321 ms, at batch 8 with 
 0.580 -> 0.458 ms, a QuantSpec Chain(5) cycle there 4.25 -> 3.26 ms, Llama-3-8B shape batch 1 /
 8 4.92 -> 4.50 / 4.72 -> 4.43 ms; a `small` training step unchanged (27.5 ms).
 
-`import specdec` adds the flags to the XLA_FLAGS environment variable, which XLA reads once, when
-JAX first initialises a backend: importing specdec before any JAX computation applies them. A flag
-named in XLA_FLAGS already is left as the user set it; SPECDEC_COMMAND_BUFFERS=0 leaves XLA_FLAGS
-alone. On CPU and TPU the GPU flags are parsed and ignored.
+Where JAX's CUDA plugin is installed, `import specdec` adds the flags to the XLA_FLAGS environment
+variable, which XLA reads once, when JAX first initialises a backend: importing specdec before any
+JAX computation applies them. A flag named in XLA_FLAGS already is left as the user set it;
+SPECDEC_COMMAND_BUFFERS=0 leaves XLA_FLAGS alone. Without a CUDA plugin (CPU, TPU) nothing is added.
 """
 
 import os
@@ -47,12 +47,17 @@ def opted_out(environ=os.environ) -> bool:
     return environ.get(OPT_OUT_ENV, "1").strip().lower() in _OFF
 
 
-def apply(environ=os.environ, backends_initialized: bool | None = None) -> str:
+def apply(
+    environ=os.environ, backends_initialized: bool | None = None, cuda: bool | None = None
+) -> str:
     """Add the command-buffer flags to environ["XLA_FLAGS"] (see the module doc) -> what happened:
-    "added", "already set" (the user's XLA_FLAGS names them all), "opted out", or "too late" (a
-    JAX backend was initialised before: XLA has read its flags; on a GPU this warns)."""
+    "added", "already set" (the user's XLA_FLAGS names them all), "opted out", "no CUDA" (no CUDA
+    plugin for JAX installed), or "too late" (a JAX backend was initialised before: XLA has read
+    its flags; on a GPU this warns). `backends_initialized` / `cuda`: None asks this process."""
     if opted_out(environ):
         return "opted out"
+    if not (cuda_plugin_installed() if cuda is None else cuda):
+        return "no CUDA"
     before = environ.get("XLA_FLAGS", "")
     after = with_command_buffers(before)
     if after == before.strip():
@@ -64,6 +69,25 @@ def apply(environ=os.environ, backends_initialized: bool | None = None) -> str:
         return "too late"
     environ["XLA_FLAGS"] = after
     return "added"
+
+
+def cuda_plugin_installed() -> bool:
+    """Whether JAX's CUDA plugin is installed (found without importing it or starting JAX)."""
+    import importlib.util
+
+    names = (
+        "jax_cuda13_plugin",
+        "jax_cuda12_plugin",
+        "jax_plugins.xla_cuda13",
+        "jax_plugins.xla_cuda12",
+    )
+    for name in names:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return True
+        except (ImportError, ValueError):  # jax_plugins absent: the dotted names cannot resolve
+            continue
+    return False
 
 
 def _backends_initialized() -> bool:
