@@ -32,11 +32,10 @@ def _matmul_precision(dtype) -> jax.lax.Precision:
     )
 
 
-def _einsum(spec: str, x: jax.Array, w: jax.Array, dtype, row_scale=None) -> jax.Array:
-    """x [B, T, ...] times w in `dtype` with float32 accumulation (`projection.project`: a
-    kernel for decode-sized B x T); `row_scale` [B, T, 1] float32 multiplies each token's row of
-    the product before it is rounded to `dtype`."""
-    return projection.project(spec, x, w, dtype, _matmul_precision(dtype), row_scale).astype(dtype)
+def _einsum(spec: str, x, w: jax.Array, dtype) -> jax.Array:
+    """x [B, T, ...] (or `projection.NormedRows`: normalised first) times w in `dtype` with float32
+    accumulation (`projection.project`: a kernel for decode-sized B x T)."""
+    return projection.project(spec, x, w, dtype, _matmul_precision(dtype)).astype(dtype)
 
 
 @functools.cache
@@ -151,19 +150,14 @@ class RMSNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         xf = x.astype(jnp.float32)
-        xf = xf * self._inv_rms(xf)
+        xf = xf * projection.inv_rms(xf, self.eps)
         return (self.weight[...].astype(jnp.float32) * xf).astype(x.dtype)
 
-    def factors(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x [..., D] -> (x * weight [..., D] in x.dtype, 1 / rms(x) [..., 1] float32): the norm
-        as its two factors, for a projection that applies the per-token one to its product
-        (`_einsum(row_scale=...)`), so no normalised copy of x is written between the two."""
-        xf = x.astype(jnp.float32)
-        return (self.weight[...].astype(jnp.float32) * xf).astype(x.dtype), self._inv_rms(xf)
-
-    def _inv_rms(self, xf: jax.Array) -> jax.Array:
-        """xf [..., D] float32 -> 1 / rms [..., 1]."""
-        return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    def deferred(self, x: jax.Array) -> projection.NormedRows:
+        """x [B, T, D] with this norm still to apply, for the projection that takes it: that
+        applies the per-token factor 1 / rms(x) to its float32 product
+        (`projection.rms_factors`), so no normalised copy of x is written between the two."""
+        return projection.NormedRows(x, self.weight[...], self.eps)
 
 
 class Attention(nnx.Module):
@@ -193,10 +187,10 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(h, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.cfg = cfg
 
-    def project_qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array, dtype, row_scale=None):
-        """x [B, T, D] (rows times `row_scale` [B, T, 1] if given) -> rotated q [B, T, N, H],
+    def project_qkv(self, x, cos: jax.Array, sin: jax.Array, dtype):
+        """x [B, T, D] (or `projection.NormedRows` of it) -> rotated q [B, T, N, H],
         k [B, T, K, H], v [B, T, K, H]."""
-        qkv = _einsum("BTD,DKJH->BTKJH", x, self.qkv[...], dtype, row_scale)
+        qkv = _einsum("BTD,DKJH->BTKJH", x, self.qkv[...], dtype)
         q, k, v = split_qkv(qkv)
         if self.cfg.attention_bias:
             q = q + self.q_bias[...].astype(dtype)
@@ -221,9 +215,9 @@ class MLP(nnx.Module):
         )  # [D, 2, F]: gate, up
         self.down = _init(rngs, (f, d), std, param_dtype)  # [F, D]
 
-    def __call__(self, x: jax.Array, dtype, row_scale=None) -> jax.Array:
-        """x [B, T, D] (rows times `row_scale` [B, T, 1] if given) -> [B, T, D]."""
-        gate_up = _einsum("BTD,DCF->BTCF", x, self.gate_up[...], dtype, row_scale)  # [B,T,2,F]
+    def __call__(self, x, dtype) -> jax.Array:
+        """x [B, T, D] (or `projection.NormedRows` of it) -> [B, T, D]."""
+        gate_up = _einsum("BTD,DCF->BTCF", x, self.gate_up[...], dtype)  # [B, T, 2, F]
         hidden = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]  # [B, T, F]
         return _einsum("BTF,FD->BTD", hidden, self.down[...], dtype)
 
@@ -246,12 +240,10 @@ class DecoderLayer(nnx.Module):
         attention: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
     ) -> jax.Array:
         """x [B, T, D] -> [B, T, D]; `attention(q, k, v)` decides what the block attends to."""
-        # Each norm's per-token factor scales the projection's product (`RMSNorm.factors`).
-        weighted, inv_rms = self.attn_norm.factors(x)
-        q, k, v = self.attn.project_qkv(weighted, cos, sin, dtype, inv_rms)
+        # Each norm's per-token factor scales the projection's product (`RMSNorm.deferred`).
+        q, k, v = self.attn.project_qkv(self.attn_norm.deferred(x), cos, sin, dtype)
         x = x + self.attn.output(attention(q, k, v), dtype)
-        weighted, inv_rms = self.mlp_norm.factors(x)
-        return x + self.mlp(weighted, dtype, inv_rms)
+        return x + self.mlp(self.mlp_norm.deferred(x), dtype)
 
 
 @jax.tree_util.register_dataclass

@@ -10,8 +10,15 @@ fp16 where it measured faster than XLA: `matvec_triton.pays`, else XLA), "xla", 
 kernel wherever it tiles the shape, B x T <= matvec_triton.MAX_ROWS rows; on CPU in interpret
 mode). (An experiment that kept XLA's GEMM at one row, the row doubled behind an optimisation
 barrier, bought 3% of the `small` step against the kernel's 24%; perf_h200_run7 in results.)
+
+A pre-norm projection can take its input as `NormedRows` (x with the RMSNorm still to apply):
+XLA's path computes the norm's factors first (`rms_factors`: x * weight, and 1 / rms(x) applied to
+the product); with FUSED_NORM_ENV=1 the kernel computes the statistic itself, so no separate kernel
+does (experimental: off until measured on the GPU; the arithmetic is the same up to float32
+summation order).
 """
 
+import dataclasses
 import functools
 import math
 import os
@@ -25,6 +32,45 @@ from specdec.quant_weights import QuantWeight
 
 SKINNY_ENV = "SPECDEC_SKINNY_MATMUL"
 SKINNY_CHOICES = ("auto", "xla", "pallas")
+FUSED_NORM_ENV = "SPECDEC_FUSED_NORM"  # "1": the kernel computes RMSNorm statistics (unmeasured)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormedRows:
+    """Rows x [B, T, D] to be RMS-normalised (weight [D], eps) by the projection that takes them."""
+
+    x: jax.Array  # [B, T, D]
+    weight: jax.Array  # [D]
+    eps: float
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.x.shape
+
+    def factors(self) -> tuple[jax.Array, jax.Array]:
+        """`rms_factors` of these rows."""
+        return rms_factors(self.x, self.weight, self.eps)
+
+
+def rms_factors(x: jax.Array, weight: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
+    """x [..., D] -> (x * weight [..., D] in x.dtype, 1 / rms(x) [..., 1] float32): RMSNorm as two
+    factors, the per-token one applied to the next projection's float32 product (statistics in
+    float32, as HF computes them)."""
+    xf = x.astype(jnp.float32)
+    return (weight.astype(jnp.float32) * xf).astype(x.dtype), inv_rms(xf, eps)
+
+
+def inv_rms(xf: jax.Array, eps: float) -> jax.Array:
+    """xf [..., D] float32 -> 1 / rms [..., 1] (RMSNorm's statistic)."""
+    return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+
+
+def fused_norm() -> bool:
+    """The FUSED_NORM_ENV setting ("0" or "1"), checked."""
+    choice = os.environ.get(FUSED_NORM_ENV, "0")
+    if choice not in ("0", "1"):
+        raise ValueError(f"{FUSED_NORM_ENV}={choice!r}: expected 0 or 1")
+    return choice == "1"
 
 
 def skinny_choice() -> str:
@@ -139,20 +185,53 @@ def project(
     """jnp.einsum(spec, x, w) in `dtype` with float32 accumulation and a float32 result (each
     token's row times `row_scale` [B, T, 1] if given), where spec is "BT<c>,<c><o>->BT<o>": x
     [B, T, *c] contracts its trailing axes with w's leading (`einsum_f32` for its gradients).
-    w may be a `QuantWeight` (4-bit draft weights): its dequantised value through XLA."""
+    w may be a `QuantWeight` (4-bit draft weights): its dequantised value through XLA. x may be
+    `NormedRows` (then row_scale must be None): the norm is applied first (module doc)."""
+    if isinstance(x, NormedRows):
+        if row_scale is not None:
+            raise ValueError(
+                "NormedRows carry their own row scale (1 / rms): row_scale must be None"
+            )
+        if fused_norm() and _kernel_path(spec, x.x, w, dtype) == "pallas":
+            return _kernel_product(spec, x.x, w, dtype, norm=x)
+        weighted, inv_rms = x.factors()
+        return project(spec, weighted, w, dtype, precision, inv_rms)
     if isinstance(w, QuantWeight):  # not the kernel: XLA may fuse the dequantisation
         return einsum_f32(spec, x, w, dtype, precision, row_scale)
+    if _kernel_path(spec, x, w, dtype) == "xla":
+        return einsum_f32(spec, x, w, dtype, precision, row_scale)
+    y = _kernel_product(spec, x, w, dtype)
+    return y if row_scale is None else y * _rows(row_scale, y.ndim)
+
+
+def _kernel_path(spec: str, x: jax.Array, w: jax.Array, dtype) -> str:
+    """ "xla" or "pallas" for `project(spec, x, w)` (`implementation`; "xla" unless the spec is a
+    matrix product of x's trailing axes with w's leading ones)."""
+    if isinstance(w, QuantWeight):
+        return "xla"
     inputs, out = spec.split("->")
     x_axes, w_axes = inputs.split(",")
     contracted, kept = x_axes[2:], w_axes[len(x_axes) - 2 :]
+    if not (w_axes.startswith(contracted) and out == x_axes[:2] + kept):
+        return "xla"
     rows, k = math.prod(x.shape[:2]), math.prod(x.shape[2:])
-    n = math.prod(w.shape[len(contracted) :])
-    matrix_form = w_axes.startswith(contracted) and out == x_axes[:2] + kept
-    path = implementation(rows, k, n, dtype) if matrix_form else "xla"
-    if path == "xla":
-        return einsum_f32(spec, x, w, dtype, precision, row_scale)
+    return implementation(rows, k, math.prod(w.shape[len(contracted) :]), dtype)
+
+
+def _kernel_product(
+    spec: str, x: jax.Array, w: jax.Array, dtype, norm: NormedRows | None = None
+) -> jax.Array:
+    """The skinny-matmul kernel's x [B, T, *c] @ w [*c, *o] -> [B, T, *o] float32 (rows
+    RMS-normalised inside the kernel if `norm` is given: x is then norm.x)."""
+    rows, contracted = math.prod(x.shape[:2]), x.ndim - 2
+    k = math.prod(x.shape[2:])
     x, w = x.astype(dtype), w.astype(dtype)
-    x2, w2 = x.reshape(rows, k), w.reshape(k, n)  # [M, K], [K, N]
-    y = matvec_triton.skinny_matmul(x2, w2, interpret=jax.default_backend() != "gpu")
-    y = y.reshape(x.shape[:2] + w.shape[len(contracted) :])  # [B, T, *o]
-    return y if row_scale is None else y * _rows(row_scale, y.ndim)
+    x2, w2 = x.reshape(rows, k), w.reshape(k, -1)  # [M, K], [K, N]
+    interpret = jax.default_backend() != "gpu"
+    if norm is None:
+        y = matvec_triton.skinny_matmul(x2, w2, interpret=interpret)
+    else:
+        y = matvec_triton.skinny_matmul(
+            x2, w2, norm_weight=norm.weight, norm_eps=norm.eps, interpret=interpret
+        )
+    return y.reshape(x.shape[:2] + w.shape[contracted:])  # [B, T, *o]
