@@ -206,7 +206,7 @@ def _skinny_matmul_kernel(
     def tiles(i):
         first = pl.multiple_of(i * block_k, block_k)
         x = x_ref[:, pl.ds(first, block_k)]  # [M_pad, block_k]
-        if norm_eps is not None:  # x * weight, rounded to x's dtype as RMSNorm.factors does
+        if norm_eps is not None:  # x * weight rounded to x's dtype, as projection.rms_factors
             g = g_ref[pl.ds(first, block_k)].astype(jnp.float32)  # [block_k]
             x = (x.astype(jnp.float32) * g[None, :]).astype(x.dtype)
         # The weights are read exactly once: let them leave L2 first, so x and partials stay.
@@ -247,7 +247,7 @@ def skinny_matmul(
 ) -> jax.Array:  # [M, N] float32
     """x @ w with float32 accumulation (contract of `skinny_matmul_reference`), streaming w once.
 
-    With `norm_weight` and `norm_eps`, x's rows are RMS-normalised first (RMSNorm.factors' math:
+    With `norm_weight` and `norm_eps`, x's rows are RMS-normalised first (projection.rms_factors:
     x * weight rounded to x's dtype, the product times 1 / rms(x) in float32), the statistic
     computed inside the kernel: no separate kernel computes it."""
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
