@@ -1054,6 +1054,7 @@ def main(argv: list[str] | None = None) -> None:
             f"transformers {torch_pair[1].__version__}"
         )
     report.data["versions"] = versions
+    report.data["xla_flags"] = xla_flags.describe()
     report.log(f"{report.data['device']}; {versions}; torch parts: {torch_pair is not None}")
     if not smoke and device.platform != "gpu":
         raise SystemExit(f"no GPU: jax's backend is {device.platform!r} (use --smoke)")

@@ -53,6 +53,7 @@ from experiments.ceilings import H200_BYTES_PER_S
 from kernels_pallas import tree_attention
 from kernels_pallas.quant_attention import quant_attention
 from kernels_pallas.quant_reference import QuantLayerView
+from specdec import xla_flags
 from specdec.cache import KVCache, Region
 from specdec.quant_cache import QuantKV, cache_bytes_per_token, make_cache
 from trees import Chain
@@ -514,6 +515,7 @@ def main(argv: list[str] | None = None) -> None:
         "python": platform.python_version(),
         "jax": jax.__version__,
         "smoke": smoke,
+        "xla flags": xla_flags.describe(),
     }
     context = args.context or (256 if smoke else 4096)
     if smoke:

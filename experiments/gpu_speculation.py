@@ -55,6 +55,7 @@ import numpy as np
 import specdec
 from drafters import DraftModel, Eagle, EarlyExit
 from experiments.scaling.common import save_training_record
+from specdec import xla_flags
 from specdec.engine.generate import clear_compiled_loops
 from train.configs import get_config
 from train.data import heldout_prompts, humaneval_prompts
@@ -738,6 +739,7 @@ class Session:
             "versions": f"jax {jax.__version__}, flax {flax.__version__}, "
             f"optax {optax.__version__}",
             "smoke": self.s.smoke,
+            "xla flags": xla_flags.describe(),
             "settings": dataclasses.asdict(self.s),
         }
         r.data.setdefault("phases", {})

@@ -118,5 +118,10 @@ def _warn_if_gpu() -> None:
         )
 
 
+def describe() -> str:
+    """What a benchmark should record: `STATUS` and the XLA_FLAGS this process started with."""
+    return f"command buffers: {STATUS}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+
+
 #: what `import specdec` did (`apply`'s answer)
 STATUS = apply()

@@ -78,3 +78,8 @@ def test_import_specdec_sets_the_flags_before_the_backend_reads_them():
     )
     assert _run(late) == "too late"
     assert _run(status, SPECDEC_COMMAND_BUFFERS="0") == "opted out"
+
+
+def test_benchmarks_can_record_what_was_applied():
+    text = xla_flags.describe()
+    assert text.startswith(f"command buffers: {xla_flags.STATUS}; XLA_FLAGS=")
