@@ -67,3 +67,14 @@ def test_phase_means_use_every_launch_of_both_runs():
     half = [("p", 9.0)] + [("a", 2.0)] * 2
     means = profile_step.mean_by_phase(full, half, 4, phases)
     assert means == {"draft": {"kernels": 1.0, "us": 2.0}, "commit": {"kernels": 0.25, "us": 1.0}}
+
+
+def test_a_quantspec_profile_without_cupti_records_its_mode_and_tokens(tmp_path):
+    args = ["--smoke", "--wall", "--kv-cache", "int8-hierarchical", "--drafter", "quantspec"]
+    args += ["--depth", "3", "--new", "8", "--prompt-len", "16", "--out", str(tmp_path)]
+    profile_step.main(args)
+    result = json.loads((tmp_path / "small_b1_quantspec_chain3_int8kv.json").read_text())
+    assert result["method"] == "wall" and result["kv_cache"] == "int8-hierarchical"
+    assert result["fused_norm"] is False
+    digests = result["history_sha256"]
+    assert len(digests) == 2 and all(len(d) == 16 for d in digests)
