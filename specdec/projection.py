@@ -196,8 +196,6 @@ def project(
             return _kernel_product(spec, x.x, w, dtype, norm=x)
         weighted, inv_rms = x.factors()
         return project(spec, weighted, w, dtype, precision, inv_rms)
-    if isinstance(w, QuantWeight):  # not the kernel: XLA may fuse the dequantisation
-        return einsum_f32(spec, x, w, dtype, precision, row_scale)
     if _kernel_path(spec, x, w, dtype) == "xla":
         return einsum_f32(spec, x, w, dtype, precision, row_scale)
     y = _kernel_product(spec, x, w, dtype)
@@ -207,7 +205,7 @@ def project(
 def _kernel_path(spec: str, x: jax.Array, w: jax.Array, dtype) -> str:
     """ "xla" or "pallas" for `project(spec, x, w)` (`implementation`; "xla" unless the spec is a
     matrix product of x's trailing axes with w's leading ones)."""
-    if isinstance(w, QuantWeight):
+    if isinstance(w, QuantWeight):  # not the kernel: XLA may fuse the dequantisation
         return "xla"
     inputs, out = spec.split("->")
     x_axes, w_axes = inputs.split(",")
