@@ -141,17 +141,17 @@ def loop_runs(model, prompts, new: int, timer: Timer, *, max_reps: int = 400, **
     loop shape (the two share one when the buckets agree, so prefill and launch costs cancel in
     the difference): ([(steps, timing, the executable's optimised HLO text)] for the two runs,
     [a digest of each run's token history])."""
-    runs, executables, digests = [], {}, []
+    runs, executables, digests = [], {}, []  # executables: shape -> (compiled, its HLO text)
     for max_new in (new, new // 2 + 1):
         prepared = prepare(model, prompts, max_new_tokens=max_new, **kwargs)
         if prepared.shape not in executables:  # not donating: the timer reuses the arguments
             loop = jax.jit(lambda *a, p=prepared: decode_loop(*a, policy=p.policy, shape=p.shape))
-            executables[prepared.shape] = loop.lower(*prepared.args).compile()
-        run = executables[prepared.shape]
+            compiled = loop.lower(*prepared.args).compile()
+            executables[prepared.shape] = (compiled, compiled.as_text())
+        run, hlo = executables[prepared.shape]
         output = run(*prepared.args)
         steps, history = int(output.steps), np.asarray(output.history)
         digests.append(hashlib.sha256(history.tobytes()).hexdigest()[:16])
-        hlo = executables[prepared.shape].as_text()
         runs.append((steps, timer(run, [prepared.args], max_reps=max_reps), hlo))
     return runs, digests
 
