@@ -37,7 +37,6 @@ import numpy as np
 import specdec
 from drafters import DraftModel, NGram, QuantSpec
 from experiments.bench_tree_attention import Timer
-from specdec import projection
 from specdec.config import llama3_8b_config, tiny_config
 from specdec.engine.generate import prepare
 from specdec.engine.loop import decode_loop
@@ -254,7 +253,6 @@ def main(argv=None) -> None:
         steps_per_sync=args.steps_per_sync,
         depth=args.depth if args.drafter != "none" else 0,
         xla_flags=os.environ.get("XLA_FLAGS", ""),
-        fused_norm=projection.fused_norm(),  # SPECDEC_FUSED_NORM: RMSNorm statistics in the kernel
         device=str(jax.devices()[0]),
         jax=jax.__version__,
         seconds=time.perf_counter() - start,

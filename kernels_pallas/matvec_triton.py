@@ -180,35 +180,20 @@ def _skinny_matmul_kernel(
     # inputs
     x_ref,  # [M_pad, K / splits]: x over this split's K slice (rows past M masked)
     w_ref,  # [K / splits, block_n]: this split's slice of the program's columns
-    *refs,  # with a norm: row_ref [M_pad, K] (all of x), g_ref [K / splits]; then the output
-    # o_ref [M_pad, block_n] float32: the split's partial product
+    # outputs
+    o_ref,  # [M_pad, block_n] float32: the split's partial product
+    *,
     block_k: int,
     use_dot: bool,
     defer_reduce: bool,
     precision,
-    norm_eps: float | None,
 ):
-    o_ref = refs[-1]
     rows, block_n = o_ref.shape
     steps = w_ref.shape[0] // block_k
-    if norm_eps is not None:  # RMSNorm of each row: its statistic over all K, in float32
-        row_ref, g_ref = refs[:2]
-        width = row_ref.shape[1]
-
-        def square_sum(i, acc):  # acc: [M_pad] float32
-            chunk = row_ref[:, pl.ds(pl.multiple_of(i * block_k, block_k), block_k)]
-            chunk = chunk.astype(jnp.float32)
-            return acc + (chunk * chunk).sum(axis=1)
-
-        squares = lax.fori_loop(0, width // block_k, square_sum, jnp.zeros((rows,), jnp.float32))
-        inv_rms = lax.rsqrt(squares / width + norm_eps)  # [M_pad]
 
     def tiles(i):
         first = pl.multiple_of(i * block_k, block_k)
         x = x_ref[:, pl.ds(first, block_k)]  # [M_pad, block_k]
-        if norm_eps is not None:  # x * weight rounded to x's dtype, as projection.rms_factors
-            g = g_ref[pl.ds(first, block_k)].astype(jnp.float32)  # [block_k]
-            x = (x.astype(jnp.float32) * g[None, :]).astype(x.dtype)
         # The weights are read exactly once: let them leave L2 first, so x and partials stay.
         w = pltriton.load(w_ref.at[pl.ds(first, block_k), :], eviction_policy="evict_first")
         return x, w  # w: [block_k, block_n]
@@ -230,34 +215,22 @@ def _skinny_matmul_kernel(
     else:
         step = lambda i, acc: acc + product(*tiles(i)).sum(axis=1)  # acc: [M_pad, block_n]
         out = lax.fori_loop(0, steps, step, jnp.zeros((rows, block_n), jnp.float32))
-    if norm_eps is not None:
-        out = out * inv_rms[:, None]
     o_ref[...] = out
 
 
-@functools.partial(jax.jit, static_argnames=("block_sizes", "interpret", "norm_eps"))
+@functools.partial(jax.jit, static_argnames=("block_sizes", "interpret"))
 def skinny_matmul(
     x: jax.Array,  # [M, K]
     w: jax.Array,  # [K, N]
-    norm_weight: jax.Array | None = None,  # [K]
     *,
-    norm_eps: float | None = None,
     block_sizes: MatvecBlocks | None = None,
     interpret: bool = False,
 ) -> jax.Array:  # [M, N] float32
-    """x @ w with float32 accumulation (contract of `skinny_matmul_reference`), streaming w once.
-
-    With `norm_weight` and `norm_eps`, x's rows are RMS-normalised first (projection.rms_factors:
-    x * weight rounded to x's dtype, the product times 1 / rms(x) in float32), the statistic
-    computed inside the kernel: no separate kernel computes it."""
+    """x @ w with float32 accumulation (contract of `skinny_matmul_reference`), streaming w once."""
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
         raise ValueError(f"need x [M, K] and w [K, N]: x.shape={x.shape}, w.shape={w.shape}")
     if x.dtype != w.dtype:
         raise ValueError(f"x and w must share a dtype: x.dtype={x.dtype}, w.dtype={w.dtype}")
-    if (norm_weight is None) != (norm_eps is None):
-        raise ValueError("a norm needs both norm_weight and norm_eps")
-    if norm_weight is not None and norm_weight.shape != (x.shape[1],):
-        raise ValueError(f"norm_weight must be [K={x.shape[1]}], got {norm_weight.shape}")
     (m, k), n = x.shape, w.shape[1]
     bs = block_sizes or default_blocks(m, k, n, num_cores=num_cores())
     check_blocks(m, k, n, bs)
@@ -270,29 +243,20 @@ def skinny_matmul(
         use_dot=bs.use_dot,
         defer_reduce=bs.defer_reduce,
         precision=lax.Precision.HIGHEST if x.dtype == jnp.float32 else None,
-        norm_eps=norm_eps,
     )
-    in_specs = [
-        pl.BlockSpec((rows, k_split), lambda j, s: (0, s)),
-        pl.BlockSpec((k_split, bs.block_n), lambda j, s: (s, j)),
-    ]
-    operands = [x, w]
-    if norm_weight is not None:  # all of x for the statistic, the split's slice of the weight
-        in_specs += [
-            pl.BlockSpec((rows, k), lambda j, s: (0, 0)),
-            pl.BlockSpec((k_split,), lambda j, s: (s,)),
-        ]
-        operands += [x, norm_weight]
     partials = pl.pallas_call(
         kernel,
         grid=(n // bs.block_n, bs.splits),
-        in_specs=in_specs,
+        in_specs=[
+            pl.BlockSpec((rows, k_split), lambda j, s: (0, s)),
+            pl.BlockSpec((k_split, bs.block_n), lambda j, s: (s, j)),
+        ],
         out_specs=pl.BlockSpec((None, rows, bs.block_n), lambda j, s: (s, 0, j)),
         out_shape=jax.ShapeDtypeStruct((bs.splits, rows, n), jnp.float32),
         compiler_params=pltriton.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages),
         interpret=interpret,
         name="skinny_matmul_triton",
-    )(*operands)  # [splits, M_pad, N]
+    )(x, w)  # [splits, M_pad, N]
     partials = partials[:, :m]  # [splits, M, N]
     return partials[0] if bs.splits == 1 else partials.sum(axis=0)
 
@@ -308,15 +272,7 @@ def num_cores() -> int:
 def skinny_matmul_reference(
     x: jax.Array,  # [M, K]
     w: jax.Array,  # [K, N]
-    norm_weight: jax.Array | None = None,  # [K]
-    norm_eps: float | None = None,
 ) -> jax.Array:  # [M, N] float32
-    """XLA's x @ w with float32 accumulation (full float32 precision for float32 inputs); with a
-    norm, of x's rows RMS-normalised as `skinny_matmul` does."""
+    """XLA's x @ w with float32 accumulation (full float32 precision for float32 inputs)."""
     precision = lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
-    if norm_weight is None:
-        return jnp.dot(x, w, precision=precision, preferred_element_type=jnp.float32)
-    xf = x.astype(jnp.float32)
-    weighted = (norm_weight.astype(jnp.float32) * xf).astype(x.dtype)
-    inv_rms = lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + norm_eps)  # [M, 1]
-    return jnp.dot(weighted, w, precision=precision, preferred_element_type=jnp.float32) * inv_rms
+    return jnp.dot(x, w, precision=precision, preferred_element_type=jnp.float32)

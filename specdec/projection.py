@@ -12,10 +12,11 @@ mode). (An experiment that kept XLA's GEMM at one row, the row doubled behind an
 barrier, bought 3% of the `small` step against the kernel's 24%; perf_h200_run7 in results.)
 
 A pre-norm projection can take its input as `NormedRows` (x with the RMSNorm still to apply):
-XLA's path computes the norm's factors first (`rms_factors`: x * weight, and 1 / rms(x) applied to
-the product); with FUSED_NORM_ENV=1 the kernel computes the statistic itself, so no separate kernel
-does (experimental: off until measured on the GPU; the arithmetic is the same up to float32
-summation order).
+`project` computes the norm's factors first (`rms_factors`: x * weight, and 1 / rms(x) applied to
+the float32 product as its row scale), then projects x * weight on either path. (Computing the
+statistic inside the skinny-matmul kernel was tried and measured slower on the H200, every program
+summing the whole row's squares: wall ms a step 0.389 / 0.393 against 0.3145 / 0.3147 for `small`
+at batch 1, 5.811 against 4.446 for the 8B shape; run 9, experiments/results/perf_h200_run9.)
 """
 
 import dataclasses
@@ -32,7 +33,6 @@ from specdec.quant_weights import QuantWeight
 
 SKINNY_ENV = "SPECDEC_SKINNY_MATMUL"
 SKINNY_CHOICES = ("auto", "xla", "pallas")
-FUSED_NORM_ENV = "SPECDEC_FUSED_NORM"  # "1": the kernel computes RMSNorm statistics (unmeasured)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,14 +63,6 @@ def rms_factors(x: jax.Array, weight: jax.Array, eps: float) -> tuple[jax.Array,
 def inv_rms(xf: jax.Array, eps: float) -> jax.Array:
     """xf [..., D] float32 -> 1 / rms [..., 1] (RMSNorm's statistic)."""
     return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
-
-
-def fused_norm() -> bool:
-    """The FUSED_NORM_ENV setting ("0" or "1"), checked."""
-    choice = os.environ.get(FUSED_NORM_ENV, "0")
-    if choice not in ("0", "1"):
-        raise ValueError(f"{FUSED_NORM_ENV}={choice!r}: expected 0 or 1")
-    return choice == "1"
 
 
 def skinny_choice() -> str:
@@ -192,8 +184,6 @@ def project(
             raise ValueError(
                 "NormedRows carry their own row scale (1 / rms): row_scale must be None"
             )
-        if fused_norm() and _kernel_path(spec, x.x, w, dtype) == "pallas":
-            return _kernel_product(spec, x.x, w, dtype, norm=x)
         weighted, inv_rms = x.factors()
         return project(spec, weighted, w, dtype, precision, inv_rms)
     if _kernel_path(spec, x, w, dtype) == "xla":
@@ -216,20 +206,11 @@ def _kernel_path(spec: str, x: jax.Array, w: jax.Array, dtype) -> str:
     return implementation(rows, k, math.prod(w.shape[len(contracted) :]), dtype)
 
 
-def _kernel_product(
-    spec: str, x: jax.Array, w: jax.Array, dtype, norm: NormedRows | None = None
-) -> jax.Array:
-    """The skinny-matmul kernel's x [B, T, *c] @ w [*c, *o] -> [B, T, *o] float32 (rows
-    RMS-normalised inside the kernel if `norm` is given: x is then norm.x)."""
+def _kernel_product(spec: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+    """The skinny-matmul kernel's x [B, T, *c] @ w [*c, *o] -> [B, T, *o] float32."""
     rows, contracted = math.prod(x.shape[:2]), x.ndim - 2
     k = math.prod(x.shape[2:])
     x, w = x.astype(dtype), w.astype(dtype)
     x2, w2 = x.reshape(rows, k), w.reshape(k, -1)  # [M, K], [K, N]
-    interpret = jax.default_backend() != "gpu"
-    if norm is None:
-        y = matvec_triton.skinny_matmul(x2, w2, interpret=interpret)
-    else:
-        y = matvec_triton.skinny_matmul(
-            x2, w2, norm_weight=norm.weight, norm_eps=norm.eps, interpret=interpret
-        )
+    y = matvec_triton.skinny_matmul(x2, w2, interpret=jax.default_backend() != "gpu")
     return y.reshape(x.shape[:2] + w.shape[contracted:])  # [B, T, *o]

@@ -75,6 +75,5 @@ def test_a_quantspec_profile_without_cupti_records_its_mode_and_tokens(tmp_path)
     profile_step.main(args)
     result = json.loads((tmp_path / "small_b1_quantspec_chain3_int8kv.json").read_text())
     assert result["method"] == "wall" and result["kv_cache"] == "int8-hierarchical"
-    assert result["fused_norm"] is False
     digests = result["history_sha256"]
     assert len(digests) == 2 and all(len(d) == 16 for d in digests)

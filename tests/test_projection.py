@@ -53,21 +53,14 @@ def test_bad_choice_is_a_clear_error(monkeypatch):
     monkeypatch.setenv(projection.SKINNY_ENV, "cublas")
     with pytest.raises(ValueError, match="SPECDEC_SKINNY_MATMUL='cublas'"):
         projection.implementation(1, 64, 64, jnp.float32)
-    monkeypatch.setenv(projection.FUSED_NORM_ENV, "yes")
-    with pytest.raises(ValueError, match="SPECDEC_FUSED_NORM='yes'"):
-        projection.fused_norm()
 
 
-@pytest.mark.parametrize("fused", ["0", "1"])
 @pytest.mark.parametrize("choice", ["xla", "pallas"])
 @pytest.mark.parametrize("spec, x_shape, w_shape", [SPECS[0], SPECS[2]])  # the pre-norm ones
-def test_normed_rows_are_normalised_on_every_path(
-    monkeypatch, fused, choice, spec, x_shape, w_shape
-):
-    """`NormedRows` through XLA, the kernel, and the kernel computing the statistic itself: each
-    the einsum of the RMS-normalised rows (float32, rows of very different scales)."""
+def test_normed_rows_are_normalised_on_every_path(monkeypatch, choice, spec, x_shape, w_shape):
+    """`NormedRows` through XLA and through the kernel (the norm's factors, 1 / rms as the row
+    scale): the einsum of the RMS-normalised rows (float32, rows of very different scales)."""
     monkeypatch.setenv(projection.SKINNY_ENV, choice)
-    monkeypatch.setenv(projection.FUSED_NORM_ENV, fused)
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=x_shape) * rng.uniform(0.1, 10, (*x_shape[:2], 1)), jnp.float32)
     g = jnp.asarray(1 + 0.2 * rng.normal(size=x_shape[-1:]), jnp.float32)
@@ -83,8 +76,7 @@ def test_normed_rows_are_normalised_on_every_path(
 @pytest.mark.parametrize("speculative", [False, True])
 def test_generate_through_the_kernel_equals_xla(monkeypatch, llama, tiny_draft, speculative):
     """Greedy decoding (plain: 3 rows a step; DraftModel + Chain(3): up to 12 rows) with every
-    decode-sized projection in the skinny kernel (interpret mode), with and without the norms'
-    statistics inside it, emits XLA's tokens, float32."""
+    decode-sized projection in the skinny kernel (interpret mode) emits XLA's tokens, float32."""
     import specdec
     from drafters import DraftModel
     from specdec.engine.generate import clear_compiled_loops
@@ -94,27 +86,21 @@ def test_generate_through_the_kernel_equals_xla(monkeypatch, llama, tiny_draft, 
 
     def spy(x, w, **kw):  # counts what reaches the kernel (traced once per compiled loop)
         rows.add(x.shape[0])
-        norms.add(kw.get("norm_weight") is not None)
         return kernel(x, w, **kw)
 
-    norms = set()
     monkeypatch.setattr(matvec_triton, "skinny_matmul", spy)
     prompts = [[1, 5, 9, 14, 3], [7, 2], [4, 4, 8, 30, 12, 6, 2]]  # batch 3, ragged
     kwargs = dict(drafter=DraftModel(tiny_draft), policy=Chain(3)) if speculative else {}
     outs = []
-    # XLA; the kernel; the kernel computing each RMSNorm's statistic itself
-    for choice, fused in (("xla", "0"), ("pallas", "0"), ("pallas", "1")):
+    for choice in ("xla", "pallas"):
         monkeypatch.setenv(projection.SKINNY_ENV, choice)
-        monkeypatch.setenv(projection.FUSED_NORM_ENV, fused)
         clear_compiled_loops()  # the choice is read when the loop is traced:
         jax.clear_caches()  # drop the executables and jax's traces of the loop
         outs.append(specdec.generate(llama, prompts, max_new_tokens=10, **kwargs))
     clear_compiled_loops()
     assert 3 in rows and (not speculative or 12 in rows)  # decode steps and 4-token verifies
-    assert norms == {False, True}
-    for out in outs[1:]:
-        np.testing.assert_array_equal(outs[0].tokens, out.tokens)
-        np.testing.assert_array_equal(outs[0].lengths, out.lengths)
+    np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens)
+    np.testing.assert_array_equal(outs[0].lengths, outs[1].lengths)
 
 
 def _dot_operand_types(lowered_text: str) -> set[tuple[str, str]]:
