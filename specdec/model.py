@@ -11,6 +11,7 @@ holds the one table that maps HF tensors onto them. Weights live in `param_dtype
 import contextlib
 import dataclasses
 import functools
+import itertools
 import threading
 from collections.abc import Callable
 
@@ -129,11 +130,59 @@ def join_qkv(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     return jnp.concatenate([grouped, k[:, :, None], v[:, :, None]], axis=2)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def split(x: jax.Array, axis: int, sizes: tuple[int, ...]) -> tuple[jax.Array, ...]:
+    """x cut along `axis` into consecutive pieces of `sizes` (summing to x.shape[axis]). The
+    backward pass concatenates the pieces' cotangents in one kernel (autodiff of slicing pads each
+    piece's to x's shape and adds them: a training step's q/k/v and gate/up gradients)."""
+    if sum(sizes) != x.shape[axis]:
+        raise ValueError(f"sizes {sizes} do not sum to axis {axis} of shape {x.shape}")
+    starts = itertools.accumulate(sizes, initial=0)
+    return tuple(
+        jax.lax.slice_in_dim(x, lo, lo + n, axis=axis) for lo, n in zip(starts, sizes, strict=False)
+    )
+
+
+def _split_fwd(x, axis, sizes):
+    return split(x, axis, sizes), None
+
+
+def _split_bwd(axis, sizes, _, grads):
+    return (jnp.concatenate(grads, axis=axis),)
+
+
+split.defvjp(_split_fwd, _split_bwd)
+
+
 def split_qkv(qkv: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """x @ qkv [B, T, K, N/K + 2, H] -> q [B, T, N, H], k [B, T, K, H], v [B, T, K, H]."""
     group = qkv.shape[3] - 2
-    q = qkv[:, :, :, :group].reshape(*qkv.shape[:2], -1, qkv.shape[-1])
-    return q, qkv[:, :, :, group], qkv[:, :, :, group + 1]
+    q, k, v = split(qkv, 3, (group, 1, 1))  # [B, T, K, G, H], [B, T, K, 1, H] x 2
+    q = q.reshape(*qkv.shape[:2], -1, qkv.shape[-1])
+    return q, jnp.squeeze(k, 3), jnp.squeeze(v, 3)
+
+
+@jax.custom_vjp
+def swiglu(gate_up: jax.Array) -> jax.Array:
+    """gate_up [B, T, 2, F] -> silu(gate) * up [B, T, F]. The backward pass keeps only gate_up
+    (autodiff would also keep sigmoid(gate): one more [B, T, F] write and read per layer) and
+    writes both halves' gradients from one fused kernel, in float32 arithmetic."""
+    return jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
+
+
+def _swiglu_fwd(gate_up):
+    return swiglu(gate_up), gate_up
+
+
+def _swiglu_bwd(gate_up, grad):
+    gate, up = gate_up[:, :, 0].astype(jnp.float32), gate_up[:, :, 1].astype(jnp.float32)
+    grad, sig = grad.astype(jnp.float32), jax.nn.sigmoid(gate)  # [B, T, F] each
+    d_gate = grad * up * sig * (1.0 + gate * (1.0 - sig))  # d silu(g) / dg = s (1 + g (1 - s))
+    d_up = grad * gate * sig
+    return (jnp.stack([d_gate, d_up], axis=2).astype(gate_up.dtype),)
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
 def join_gate_up(gate: jax.Array, up: jax.Array) -> jax.Array:
@@ -218,7 +267,7 @@ class MLP(nnx.Module):
     def __call__(self, x, dtype) -> jax.Array:
         """x [B, T, D] (or `projection.NormedRows` of it) -> [B, T, D]."""
         gate_up = _einsum("BTD,DCF->BTCF", x, self.gate_up[...], dtype)  # [B, T, 2, F]
-        hidden = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]  # [B, T, F]
+        hidden = swiglu(gate_up)  # [B, T, F]
         return _einsum("BTF,FD->BTD", hidden, self.down[...], dtype)
 
 
@@ -238,12 +287,19 @@ class DecoderLayer(nnx.Module):
         sin: jax.Array,
         dtype,
         attention: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+        *,
+        defer_norms: bool = True,
     ) -> jax.Array:
-        """x [B, T, D] -> [B, T, D]; `attention(q, k, v)` decides what the block attends to."""
-        # Each norm's per-token factor scales the projection's product (`RMSNorm.deferred`).
-        q, k, v = self.attn.project_qkv(self.attn_norm.deferred(x), cos, sin, dtype)
+        """x [B, T, D] -> [B, T, D]; `attention(q, k, v)` decides what the block attends to.
+
+        defer_norms: each norm's per-token factor scales the next projection's float32 product
+        (`RMSNorm.deferred`: no normalised copy of x is written; decoding). Otherwise the norm is
+        applied first (training: the projection then emits its `dtype` result from the GEMM, and
+        the backward pass keeps that instead of the float32 product)."""
+        norm = (lambda n, x: n.deferred(x)) if defer_norms else (lambda n, x: n(x))
+        q, k, v = self.attn.project_qkv(norm(self.attn_norm, x), cos, sin, dtype)
         x = x + self.attn.output(attention(q, k, v), dtype)
-        return x + self.mlp(self.mlp_norm.deferred(x), dtype)
+        return x + self.mlp(norm(self.mlp_norm, x), dtype)
 
 
 @jax.tree_util.register_dataclass
@@ -324,8 +380,11 @@ class Transformer(nnx.Module):
         for index in range(start, stop):
             layer = self.layers[index]
             with jax.named_scope(f"layer_{index}"):
-                if cache is None:
-                    run = lambda layer, x: layer(x, cos, sin, self.dtype, causal_attention)
+                if cache is None:  # training / scoring: norms applied before the projections
+
+                    def run(layer, x):
+                        return layer(x, cos, sin, self.dtype, causal_attention, defer_norms=False)
+
                     x = (nnx.remat(run) if self.remat else run)(layer, x)
                 else:
 
