@@ -11,8 +11,9 @@ A variant is comma-separated key=value: batch (sequences per step), seq (tokens 
 attention (xla | cudnn: the training forward's causal attention), remat (0 | 1), loss_chunk
 (tokens per cross-entropy chunk, 0 = the whole [B, L, V] logits at once). Writes
 <out>/train_profile.json after each variant: device and wall ms per step, MFU (6 N FLOPs per
-token against the datasheet peak), kernels per step, the kernels summed by kind (GEMM, attention,
-reduction, elementwise, other) and the 30 costliest kernel names; and <out>/<label>_hlo.txt for
+token against the datasheet peak; `mfu_wall_palm` adds attention's FLOPs as PaLM counts them),
+kernels per step, the kernels summed by kind (GEMM, attention, reduction, elementwise, other) and
+the 30 costliest kernel names; and <out>/<label>_hlo.txt for
 the first variant (the compiled step: match kernel names to fusions there).
 """
 
@@ -36,7 +37,7 @@ from experiments.bench_tree_attention import Timer
 from experiments.profile_step import by_name
 from specdec.attention import CAUSAL_ENV
 from specdec.model import Transformer
-from train.configs import get_config, matmul_params
+from train.configs import attention_flops_per_token, get_config, matmul_params
 from train.steps import ModelDef, init_state, make_train_step
 from train.trainer import device_peak_flops
 
@@ -123,6 +124,7 @@ def profile_variant(base_cfg, variant: dict, timer: Timer, dtype, hlo_path: Path
     timed = timer(compiled, [(state, tokens, lr)], min_reps=3, max_reps=50)
     tokens_per_step = cfg.batch_size * cfg.seq_len
     flops = 6 * matmul_params(cfg.model) * tokens_per_step
+    palm_flops = flops + attention_flops_per_token(cfg.model, cfg.seq_len) * tokens_per_step
     peak, source = device_peak_flops()
     breakdown = timed.get("breakdown", [])  # [(kernel name, ms)] in launch order
     kinds: dict[str, float] = {}
@@ -138,6 +140,7 @@ def profile_variant(base_cfg, variant: dict, timer: Timer, dtype, hlo_path: Path
         tokens_per_s=tokens_per_step / (timed["wall_ms"] / 1e3),
         mfu_wall=None if peak is None else flops / (timed["wall_ms"] / 1e3) / peak,
         mfu_device=None if peak is None else flops / (timed["ms"] / 1e3) / peak,
+        mfu_wall_palm=None if peak is None else palm_flops / (timed["wall_ms"] / 1e3) / peak,
         peak_source=source,
         by_kind_ms={k: round(v, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
         top_kernels=[

@@ -258,3 +258,10 @@ def matmul_params(model: ModelConfig) -> int:
     """Parameters that take part in matmuls: all but an untied input embedding (a lookup)."""
     n = model.num_params()
     return n if model.tie_word_embeddings else n - model.vocab_size * model.hidden_size
+
+
+def attention_flops_per_token(model: ModelConfig, seq_len: int) -> int:
+    """Attention's own FLOPs per trained token as PaLM's MFU counts them (its appendix B):
+    12 * layers * heads * head_dim * seq_len (scores and weighted values, forward and backward,
+    every key counted: a causal kernel does about half)."""
+    return 12 * model.num_layers * model.num_heads * model.head_dim * seq_len
