@@ -162,29 +162,6 @@ def split_qkv(qkv: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return q, jnp.squeeze(k, 3), jnp.squeeze(v, 3)
 
 
-@jax.custom_vjp
-def swiglu(gate_up: jax.Array) -> jax.Array:
-    """gate_up [B, T, 2, F] -> silu(gate) * up [B, T, F]. The backward pass keeps only gate_up
-    (autodiff would also keep sigmoid(gate): one more [B, T, F] write and read per layer) and
-    writes both halves' gradients from one fused kernel, in float32 arithmetic."""
-    return jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
-
-
-def _swiglu_fwd(gate_up):
-    return swiglu(gate_up), gate_up
-
-
-def _swiglu_bwd(gate_up, grad):
-    gate, up = gate_up[:, :, 0].astype(jnp.float32), gate_up[:, :, 1].astype(jnp.float32)
-    grad, sig = grad.astype(jnp.float32), jax.nn.sigmoid(gate)  # [B, T, F] each
-    d_gate = grad * up * sig * (1.0 + gate * (1.0 - sig))  # d silu(g) / dg = s (1 + g (1 - s))
-    d_up = grad * gate * sig
-    return (jnp.stack([d_gate, d_up], axis=2).astype(gate_up.dtype),)
-
-
-swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
-
-
 def join_gate_up(gate: jax.Array, up: jax.Array) -> jax.Array:
     """gate [D, F], up [D, F] -> gate_up [D, 2, F] (`MLP.gate_up`)."""
     return jnp.stack([gate, up], axis=1)
@@ -267,7 +244,8 @@ class MLP(nnx.Module):
     def __call__(self, x, dtype) -> jax.Array:
         """x [B, T, D] (or `projection.NormedRows` of it) -> [B, T, D]."""
         gate_up = _einsum("BTD,DCF->BTCF", x, self.gate_up[...], dtype)  # [B, T, 2, F]
-        hidden = swiglu(gate_up)  # [B, T, F]
+        gate, up = (jnp.squeeze(part, 2) for part in split(gate_up, 2, (1, 1)))  # [B, T, F]
+        hidden = jax.nn.silu(gate) * up  # [B, T, F]
         return _einsum("BTF,FD->BTD", hidden, self.down[...], dtype)
 
 
