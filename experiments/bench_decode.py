@@ -72,15 +72,21 @@ def build_draft(args, target):
     return specdec.Model.random(cfg, seed=1, dtype=target.dtype, attention=args.attention)
 
 
-def timed_step_seconds(model, prompts, max_new, **kwargs) -> tuple[float, specdec.GenerateOutput]:
-    """Seconds per target forward, from two runs sharing one compiled loop."""
+def timed_step_seconds(
+    model, prompts, max_new, repeats: int = 3, **kwargs
+) -> tuple[float, specdec.GenerateOutput]:
+    """Seconds per target forward, from pairs of runs (max_new and about half as many new tokens)
+    sharing one compiled loop: the median over `repeats` pairs of their time difference divided
+    by their difference in target forwards (prefill and per-call costs cancel)."""
     half = max_new // 2 + 1
     specdec.generate(model, prompts, max_new_tokens=max_new, **kwargs)  # compile + warm
-    full = specdec.generate(model, prompts, max_new_tokens=max_new, **kwargs)
-    short = specdec.generate(model, prompts, max_new_tokens=half, **kwargs)
-    steps = full.stats.target_forwards - short.stats.target_forwards
-    per_step = (full.stats.wall_seconds - short.stats.wall_seconds) / max(steps, 1)
-    return per_step, full
+    per_step = []
+    for _ in range(repeats):
+        full = specdec.generate(model, prompts, max_new_tokens=max_new, **kwargs)
+        short = specdec.generate(model, prompts, max_new_tokens=half, **kwargs)
+        steps = full.stats.target_forwards - short.stats.target_forwards
+        per_step.append((full.stats.wall_seconds - short.stats.wall_seconds) / max(steps, 1))
+    return float(np.median(per_step)), full
 
 
 def main() -> None:
