@@ -73,7 +73,10 @@ class MatvecBlocks:
 # 15.6 / 11.6 / 55.8 us against XLA's 18.5 / 12.5 / 59.4). Swept before rows were padded in the
 # wrapper: the dot tilings now also pay a pad kernel of ~1.5 us before the call (still ahead).
 TUNED_BLOCKS: dict[tuple[int, int, int], MatvecBlocks] = {
-    (1, 4096, 6144): MatvecBlocks(32, 128, 1, num_warps=4, num_stages=5, use_dot=True),
+    # Re-swept in run 9 (rows padded in the wrapper; perf_h200_run9 call 6): the broadcast tiling
+    # with 8 K splits, 16.1 us against the 16-row dot's 16.8 (which pays a pad kernel); 8B
+    # batch-1 step 4.496 / 4.483 -> 4.458 / 4.421 ms.
+    (1, 4096, 6144): MatvecBlocks(128, 64, 8, num_warps=4, num_stages=3, use_dot=False),
     (1, 4096, 4096): MatvecBlocks(128, 64, 16, num_warps=4, num_stages=4, use_dot=False),
     (1, 4096, 28672): MatvecBlocks(64, 64, 1, num_warps=4, num_stages=3, use_dot=True),
     # `small`'s LM head at one row: 7.8 us against XLA's 11.7 and the heuristic's 12.3.
