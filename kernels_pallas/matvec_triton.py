@@ -69,9 +69,9 @@ class MatvecBlocks:
 
 # Tuned tilings, (M, K, N) -> blocks, consulted before the heuristic: the shapes where the sweep of
 # experiments/bench_matvec.py (H200, 2026-11-30, experiments/results/perf_h200_run7) found a tiling
-# faster than both XLA's dot and the heuristic's (Llama-3-8B q/k/v, o and gate/up at one row:
-# 15.6 / 11.6 / 55.8 us against XLA's 18.5 / 12.5 / 59.4). Swept before rows were padded in the
-# wrapper: the dot tilings now also pay a pad kernel of ~1.5 us before the call (still ahead).
+# faster than both XLA's dot and the heuristic's (Llama-3-8B o and gate/up at one row: 11.6 /
+# 55.8 us against XLA's 12.5 / 59.4). Swept before rows were padded in the wrapper: the gate/up
+# dot tiling now also pays a pad kernel of ~1.5 us before the call (still ahead).
 TUNED_BLOCKS: dict[tuple[int, int, int], MatvecBlocks] = {
     # Re-swept in run 9 (rows padded in the wrapper; perf_h200_run9 call 6): the broadcast tiling
     # with 8 K splits, 16.1 us against the 16-row dot's 16.8 (which pays a pad kernel); 8B

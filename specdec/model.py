@@ -134,7 +134,8 @@ def join_qkv(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 def split(x: jax.Array, axis: int, sizes: tuple[int, ...]) -> tuple[jax.Array, ...]:
     """x cut along `axis` into consecutive pieces of `sizes` (summing to x.shape[axis]). The
     backward pass concatenates the pieces' cotangents in one kernel (autodiff of slicing pads each
-    piece's to x's shape and adds them: a training step's q/k/v and gate/up gradients)."""
+    cotangent to x's shape and adds them: a training step's q/k/v and gate/up gradients). Reverse
+    mode only (a custom VJP: jax.jvp / jacfwd through it raise)."""
     if sum(sizes) != x.shape[axis]:
         raise ValueError(f"sizes {sizes} do not sum to axis {axis} of shape {x.shape}")
     starts = itertools.accumulate(sizes, initial=0)
