@@ -43,10 +43,6 @@ class NormedRows:
     weight: jax.Array  # [D]
     eps: float
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.x.shape
-
     def factors(self) -> tuple[jax.Array, jax.Array]:
         """`rms_factors` of these rows."""
         return rms_factors(self.x, self.weight, self.eps)
@@ -184,8 +180,8 @@ def project(
             raise ValueError(
                 "NormedRows carry their own row scale (1 / rms): row_scale must be None"
             )
-        weighted, inv_rms = x.factors()
-        return project(spec, weighted, w, dtype, precision, inv_rms)
+        weighted, scale = x.factors()  # x * weight [B, T, D], 1 / rms [B, T, 1]
+        return project(spec, weighted, w, dtype, precision, scale)
     if _kernel_path(spec, x, w, dtype) == "xla":
         return einsum_f32(spec, x, w, dtype, precision, row_scale)
     y = _kernel_product(spec, x, w, dtype)
