@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 import specdec
-from drafters import DraftModel, NGram, QuantSpec
+from drafters import DraftModel, Eagle, NGram, QuantSpec
 from experiments.bench_tree_attention import Timer
 from specdec.config import llama3_8b_config, tiny_config
 from specdec.engine.generate import prepare
@@ -199,7 +199,10 @@ def main(argv=None) -> None:
     parser.add_argument("--new", type=int, default=32, help="new tokens of the longer loop")
     parser.add_argument("--attention", default="auto")
     parser.add_argument(
-        "--drafter", choices=("none", "self", "ngram", "quantspec", "quantspec4"), default="none"
+        "--drafter",
+        choices=("none", "self", "ngram", "quantspec", "quantspec4", "eagle3"),
+        default="none",
+        help="eagle3: an untrained one-layer EAGLE-3 head, draft vocabulary min(32k, V / 4)",
     )
     parser.add_argument(
         "--kv-cache",
@@ -237,6 +240,9 @@ def main(argv=None) -> None:
             "self": lambda: DraftModel(model),
             "ngram": lambda: NGram(3),
             "quantspec": QuantSpec,
+            "eagle3": lambda: Eagle.random(
+                model, version=3, draft_vocab=min(32768, cfg.vocab_size // 4)
+            ),
             "quantspec4": lambda: QuantSpec.with_int4_weights(
                 model, group=32 if args.smoke else 128
             ),

@@ -37,3 +37,69 @@ def test_timed_step_seconds_takes_the_median_pair(monkeypatch):
     assert per_step == pytest.approx(1.2 / 127)  # pairs: 1.0, 3.0, 1.2 s; 127 forwards apart
     with pytest.raises(StopIteration):
         next(walls)
+
+
+def test_aligned_eagle_head_drafts_what_its_scaled_target_decodes():
+    """bench_all's synthetic EAGLE-1 head: at scale 0 the scaled target predicts from its input
+    embedding alone and so does the head (fc passes the embedding through), so greedy Chain(4)
+    accepts every draft; a random head on the same target accepts almost none."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    import specdec
+    from drafters import Eagle
+    from experiments.bench_all import aligned_eagle, scaled_target
+    from specdec.config import tiny_config
+    from trees import Chain
+
+    model = specdec.Model.random(tiny_config(vocab_size=512, num_layers=2), dtype=jnp.float32)
+    target = scaled_target(model, 0.0)
+    prompts = np.random.default_rng(0).integers(0, 512, (2, 8)).tolist()
+    new = 21  # the first token comes from prefill; then 4 cycles of 5 tokens, none truncated
+    aligned = specdec.generate(
+        target, prompts, max_new_tokens=new, drafter=aligned_eagle(target, 0.0), policy=Chain(4)
+    )
+    assert aligned.stats.tau == pytest.approx(5.0)
+    plain = specdec.generate(target, prompts, max_new_tokens=new)
+    np.testing.assert_array_equal(aligned.tokens, plain.tokens)
+    random = specdec.generate(
+        target, prompts, max_new_tokens=new, drafter=Eagle.random(target), policy=Chain(4)
+    )
+    assert random.stats.tau < 2.0
+
+
+def _tree_attn_section(monkeypatch, errors: dict):
+    """Run bench_all's tree_attn section with bench_tree_attention.run_problem faked: XLA and
+    cuDNN time 1 ms, the kernel fails with `errors["mosaic_gpu"]`."""
+    from experiments import bench_all
+
+    def fake_run_problem(problem, fns, timer, log):
+        times = {k: ({"ms": 1.0} if k != "mosaic_gpu" else None) for k in fns}
+        return {"times": times, "errors": {k: errors.get(k) for k in fns}}
+
+    fns = {"mosaic_gpu": None, "xla": None, "cudnn": None}
+    monkeypatch.setattr(bench_all.bta, "run_problem", fake_run_problem)
+    monkeypatch.setattr(bench_all.bta, "implementations", lambda: fns)
+    report = bench_all.Report(None, 0.0, float("inf"))
+    ctx = dict(smoke=False, timer=None, bandwidth=4e12, peak=None)
+    bench_all.section_tree_attn(report, ctx)
+    return report
+
+
+def test_tree_attn_reports_a_failed_kernel_as_a_miss_not_as_xla(monkeypatch):
+    """Run 10: a kernel's measurement cut short was reported with XLA's time as the kernel's."""
+    report = _tree_attn_section(monkeypatch, {"mosaic_gpu": "RuntimeError: boom"})
+    rows = report.data["ratios"]
+    assert len(rows) == 6
+    for row in rows:
+        assert row["met"] is False
+        assert row["value"].startswith("n/a%")
+        assert "mosaic_gpu: RuntimeError: boom" in row["note"]
+
+
+def test_tree_attn_stops_at_its_budget(monkeypatch):
+    """run_problem catches every exception, so the section re-raises the time budget's."""
+    from experiments.bench_all import Budget
+
+    with pytest.raises(Budget, match="over its 60s budget"):
+        _tree_attn_section(monkeypatch, {"mosaic_gpu": "Budget: over its 60s budget"})
