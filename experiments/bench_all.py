@@ -7,50 +7,57 @@
     PYTHONPATH=. .venv/bin/python experiments/bench_all.py --smoke --out /tmp/bench_all
 
 Sections run in the priority order of SECTIONS, each under its own time budget inside one
-deadline (--deadline-s, default 530 s), each writing $OUT/bench_all.md and bench_all.json as it
-ends, so a run cut short keeps what it did. Sections the deadline skipped run in a second call,
-e.g. `--sections small_step,speculation,hf_small` (hf_8b and eagle_8b need plain_8b, hf_small
-needs speculation and eagle_small needs small_step in the same call; the ceilings always run
-first unless --bandwidth gives them).
+deadline (--deadline-s, default 530 s; 565 s fits a 10-minute call), each writing
+$OUT/bench_all.md and bench_all.json as it ends, so a run cut short keeps what it did. The
+sections that judge a target come first (run 10: about 540 s in all); the information sections
+after them get the time left. Sections the deadline skipped run in a second call, e.g.
+`--sections small_step,speculation,spec_extra` (eagle_8b, eagle_8b_aligned and hf_8b need
+plain_8b; speculation, small_step_extra and eagle_small need small_step; hf_small and spec_extra
+need speculation, in the same call; the ceilings always run first unless --bandwidth gives them).
 
+Targets:
   ceilings     HBM bandwidth by several methods (torch CUDA events: device-to-device copy and a
                bf16 GEMV; jax: an elementwise copy and a bf16 GEMV, best-of-N wall clock with
                block_until_ready and CUPTI device time), and the bf16 matmul peak. The best
                bandwidth is the ceiling every roofline below uses.
-  small_step   the `small` target (random weights, bf16) plain step at batch 1: wall ms/step and
-               device ms/step (CUPTI kernel time), kernels per step and the 30 costliest by
-               name; the same with XLA attention. Target <= 0.3 ms.
-  speculation  DraftModel + Chain(4) at batch 1 and 8 on a synthetic aligned pair (below):
-               efficiency = tokens/s / (tau x plain tokens/s). Target >= 0.8. Then a 12-node
-               static tree, and an A/B of the verify walk at batch 1 (plain, Chain(4), the
-               tree): the shipped walk against `verify_reference`, the data-dependent
-               while_loop walk it replaced.
-  eagle_8b     EAGLE heads + Chain(4) on the 8B shape at batch 1 and 8: an untrained EAGLE-3
-               head (one layer, 32k draft vocabulary as the published Llama-3 heads) and an
-               aligned EAGLE-1 head on a scaled copy of the target (below). Efficiency = plain
-               step (plain_8b's) / speculative cycle, both from `timed_step_seconds`; the loop's
-               shapes are static, so a cycle costs what it costs whatever is accepted. Target
-               >= 0.8 with the best drafter the project has.
-  eagle_small  the same on the `small` target (EAGLE-3 draft vocabulary V/4), against plain
-               decoding of the scaled copy timed the same way.
-  tree_attn    tree attention (Llama-3-8B heads) at T = 64, S = 4096 and 16384, batches 1/4/16,
-               through experiments/bench_tree_attention.py's problems and timer: the Mosaic GPU
-               kernel's % of roofline (bytes / ceiling) and against XLA and cuDNN. Targets 60% /
-               80%, faster than both.
-  train_mfu    the `small` target's train step on random tokens for a fixed number of steps:
-               MFU against the datasheet peak and the measured matmul peak, for the current
-               forward and with cuDNN's fused causal attention swapped in (a candidate, patched
-               in this process only), and with attention's FLOPs counted as PaLM's MFU does.
-               Target >= 40% (judged on 6 N FLOPs per token, attention not counted).
   plain_8b     plain greedy decoding of the random Llama-3-8B shape (bf16, prompt 128, 256 new)
                at batch 1 and 8: ms/step, effective bandwidth, % of the ceiling. Targets >= 85%
                and <= 4.45 ms at batch 1.
+  eagle_8b     an untrained EAGLE-3 head (one layer, 32k draft vocabulary as the published
+               Llama-3 heads) + Chain(4) on the 8B shape at batch 1 and 8. Efficiency = plain
+               step (plain_8b's) / speculative cycle, both from `timed_step_seconds`; the loop's
+               shapes are static, so a cycle costs what it costs whatever is accepted. Target
+               >= 0.8 with the best drafter the project has.
   hf_8b        HF transformers' compiled static-cache generate on the same weights (converted in
                memory through DLPack) at batch 1 and 8, and prompt lookup at batch 1 (assisted
                generation runs in hf_small, where the draft agrees with its target). Target:
                specdec plain >= 1.8x HF static compiled.
+  small_step   the `small` target (random weights, bf16) plain step at batch 1: wall ms/step and
+               device ms/step (CUPTI kernel time), kernels per step and the 30 costliest by
+               name. Target <= 0.3 ms.
+  speculation  DraftModel + Chain(4) at batch 1 and 8 on a synthetic aligned pair (below):
+               efficiency = tokens/s / (tau x plain tokens/s). Target >= 0.8.
+  train_mfu    the `small` target's train step on random tokens for a fixed number of steps:
+               MFU against the datasheet peak and the measured matmul peak, with cuDNN's fused
+               causal attention (the default on a GPU) and with XLA's, and with attention's FLOPs
+               counted as PaLM's MFU does. Target >= 40% (judged on 6 N FLOPs per token,
+               attention not counted).
+  tree_attn    tree attention (Llama-3-8B heads) at T = 64, S = 4096 and 16384, batches 1/4/16,
+               through experiments/bench_tree_attention.py's problems and timer: the Mosaic GPU
+               kernel's % of roofline (bytes / ceiling) and against XLA and cuDNN. Targets 60% /
+               80%, faster than both.
   hf_small     HF static compiled, assisted (with the same draft) and prompt lookup on the
                small pair at batch 1, against specdec plain and DraftModel + Chain(4).
+Information:
+  small_step_extra  the small_step with XLA attention, and with steps_per_sync 4 and 16.
+  spec_extra   a 12-node static tree at batch 1 on speculation's pair, and an A/B of the verify
+               walk at batch 1 (plain, Chain(4), the tree): the shipped walk against
+               `verify_reference`, the data-dependent while_loop walk it replaced.
+  eagle_small  EAGLE + Chain(4) on the `small` target: an aligned EAGLE-1 head and an untrained
+               EAGLE-3 head (draft vocabulary V/4) on a scaled copy, against plain decoding of
+               that copy timed the same way.
+  eagle_8b_aligned  an aligned EAGLE-1 head (below) on a scaled copy of the 8B shape: its tau and
+               decode speedup (EAGLE-1 reads the target's 128k LM head at every level).
   cmdbuf       the small_step section again in child processes under XLA command-buffer flags
                (default, +WHILE, +WHILE with min graph size 1): what CUDA graphs would buy.
 
@@ -489,6 +496,24 @@ def section_small_step(report: Report, ctx: dict) -> None:
     # A shorter loop for the device timing keeps CUPTI's record count (kernels x reps) modest.
     res.update(device_step(ctx, model, prompts, min(new, 64)))
     report.data["small_step"] = res
+    ms = res["wall_ms_per_step_generate"]
+    report.ratio(
+        "small target plain step, B=1 (ms, wall)",
+        f"{ms:.3f} (device {fmt(res['device_ms_per_step'], '.3f')}, "
+        f"{fmt(res.get('kernels_per_step'), '.0f')} kernels/step)",
+        f"<= {TARGETS['small_step_ms']}",
+        ms <= TARGETS["small_step_ms"],
+        f"weights read in {res['weights_read_ms']:.3f} ms" + cupti_graph_note(),
+    )
+
+
+def section_small_step_extra(report: Report, ctx: dict) -> None:
+    """Information beside small_step's target: the same weights with XLA's attention, and the
+    loop checking for the end once per k steps."""
+    model = ctx["small"]
+    cfg, new = model.config, ctx["max_new"]
+    prompts = prompts_for(cfg, 1, ctx["prompt_len"])
+    res = report.data["small_step"]
     # The same weights with XLA's attention instead of the Pallas kernel and its helper kernels
     # (query fold, mask packing, split merge): at 1 query and a few hundred keys, fewer launches
     # may beat the faster attention.
@@ -504,15 +529,6 @@ def section_small_step(report: Report, ctx: dict) -> None:
         f"<= {TARGETS['small_step_ms']}",
         xla_s * 1e3 <= TARGETS["small_step_ms"],
         "information: the default attention's alternative" + cupti_graph_note(),
-    )
-    ms = res["wall_ms_per_step_generate"]
-    report.ratio(
-        "small target plain step, B=1 (ms, wall)",
-        f"{ms:.3f} (device {fmt(res['device_ms_per_step'], '.3f')}, "
-        f"{fmt(res.get('kernels_per_step'), '.0f')} kernels/step)",
-        f"<= {TARGETS['small_step_ms']}",
-        ms <= TARGETS["small_step_ms"],
-        f"weights read in {res['weights_read_ms']:.3f} ms" + cupti_graph_note(),
     )
     # Checking "is every sequence done?" once per k steps (an inner loop of static trip count,
     # which the GPU runs without reading a predicate back) instead of every step.
@@ -587,33 +603,6 @@ def section_speculation(report: Report, ctx: dict) -> None:
         )
         report.data["speculation"] = rows
         report.write()
-    # For information: a 12-node static tree at batch 1 (its verify walk runs a static loop of
-    # 11 iterations, where a chain's 4 are unrolled).
-    prompts = prompts_for(cfg, 1, ctx["prompt_len"], seed=1)
-    kw = dict(drafter=DraftModel(draft), policy=TREE)
-    spec = [specdec.generate(target, prompts, max_new_tokens=new, **kw) for _ in range(2)][-1]
-    plain_tok_s = ctx["small_tok_s"]["plain"]
-    eff = spec.stats.tokens_per_second / (spec.stats.tau * plain_tok_s)
-    rows.append(
-        dict(
-            batch=1,
-            policy=f"Static({TREE.max_nodes - 1})",
-            spec_tok_s=spec.stats.tokens_per_second,
-            tau=spec.stats.tau,
-            efficiency=eff,
-        )
-    )
-    report.log(json.dumps(rows[-1]))
-    report.ratio(
-        f"speculation efficiency, DraftModel+Static({TREE.max_nodes - 1}), B=1 (information)",
-        f"{eff:.2f} (tau {spec.stats.tau:.2f}, {spec.stats.tokens_per_second:.0f} tok/s)",
-        f">= {TARGETS['spec_efficiency']}",
-        eff >= TARGETS["spec_efficiency"],
-        "same pair",
-    )
-    report.data["speculation"] = rows
-    report.write()
-    walk_ab(report, ctx, target, draft)
 
 
 def eagle_rows(report: Report, ctx: dict, target, label: str, heads, plain_s: dict) -> list:
@@ -674,9 +663,9 @@ def aligned_scale(
 
 
 def section_eagle_8b(report: Report, ctx: dict) -> None:
-    """EAGLE heads on the 8B shape: EAGLE-3 (one layer, 32k draft vocabulary as the published
-    Llama-3 heads, untrained) on the random target, then an aligned EAGLE-1 head on a scaled
-    copy of it, against plain_8b's step at the same batch and prompts."""
+    """An EAGLE-3 head on the 8B shape (one layer, 32k draft vocabulary as the published Llama-3
+    heads, untrained) on the random target, against plain_8b's step at the same batch and
+    prompts."""
     base = ctx["big"]
     plain_s = {row["batch"]: row["ms_per_step"] / 1e3 for row in ctx["plain_8b_rows"]}
     vocab = base.config.vocab_size
@@ -689,7 +678,13 @@ def section_eagle_8b(report: Report, ctx: dict) -> None:
         [("EAGLE-3", eagle3, "untrained 1-layer head, draft vocab 32k: tau ~1, cost as trained")],
         plain_s,
     )
-    del eagle3
+
+
+def section_eagle_8b_aligned(report: Report, ctx: dict) -> None:
+    """Information: an aligned EAGLE-1 head on a scaled copy of the 8B shape (its tau and decode
+    speedup; EAGLE-1 reads the target's 128k LM head at every level)."""
+    base = ctx["big"]
+    plain_s = {row["batch"]: row["ms_per_step"] / 1e3 for row in ctx["plain_8b_rows"]}
     scale, target, head = aligned_scale(report, ctx, base)
     eagle_rows(
         report,
@@ -723,6 +718,40 @@ def section_eagle_small(report: Report, ctx: dict) -> None:
         ],
         plain_s,
     )
+
+
+def section_spec_extra(report: Report, ctx: dict) -> None:
+    """Information beside speculation's targets, on its pair: a 12-node static tree at batch 1,
+    and the verify walk against the while_loop walk it replaced."""
+    # The static tree's verify walk runs a static loop of 11 iterations, where a chain's 4 are
+    # unrolled.
+    target, draft = ctx["pair"]
+    cfg, new = target.config, ctx["max_new"]
+    prompts = prompts_for(cfg, 1, ctx["prompt_len"], seed=1)
+    kw = dict(drafter=DraftModel(draft), policy=TREE)
+    spec = [specdec.generate(target, prompts, max_new_tokens=new, **kw) for _ in range(2)][-1]
+    plain_tok_s = ctx["small_tok_s"]["plain"]
+    eff = spec.stats.tokens_per_second / (spec.stats.tau * plain_tok_s)
+    rows = report.data["speculation"]
+    rows.append(
+        dict(
+            batch=1,
+            policy=f"Static({TREE.max_nodes - 1})",
+            spec_tok_s=spec.stats.tokens_per_second,
+            tau=spec.stats.tau,
+            efficiency=eff,
+        )
+    )
+    report.log(json.dumps(rows[-1]))
+    report.ratio(
+        f"speculation efficiency, DraftModel+Static({TREE.max_nodes - 1}), B=1 (information)",
+        f"{eff:.2f} (tau {spec.stats.tau:.2f}, {spec.stats.tokens_per_second:.0f} tok/s)",
+        f">= {TARGETS['spec_efficiency']}",
+        eff >= TARGETS["spec_efficiency"],
+        "same pair",
+    )
+    report.write()
+    walk_ab(report, ctx, target, draft)
 
 
 @contextlib.contextmanager
@@ -859,8 +888,8 @@ def section_train_mfu(report: Report, ctx: dict) -> None:
     # The training forward with XLA's unfused causal attention, then with cuDNN's fused kernel
     # (what SPECDEC_CAUSAL_ATTENTION=auto picks on a GPU where its probe passes; GPU only).
     variants = [("xla attention", causal_attention_as("xla"))]
-    if jax.devices()[0].platform == "gpu":
-        variants.append(("cudnn attention", causal_attention_as("cudnn")))
+    if jax.devices()[0].platform == "gpu":  # the default there first: a cut keeps its row
+        variants.insert(0, ("cudnn attention", causal_attention_as("cudnn")))
     rows = []
     report.data["train_mfu"] = rows
     for label, patch in variants:
@@ -1191,16 +1220,21 @@ def section_cmdbuf(report: Report, ctx: dict) -> None:
 
 
 SECTIONS = (  # name, budget on the GPU (s), needs torch; in priority order (the deadline cuts)
+    # the targets (run 10: about 540 s in all, from the start of the process)
     ("ceilings", 30, False),
-    ("plain_8b", 110, False),
-    ("eagle_8b", 170, False),
-    ("hf_8b", 200, True),  # run 9: 115 s for static compiled B=1 and 8, prompt lookup cut
-    ("small_step", 70, False),  # 38 s in run 4, plus the XLA-attention variant; 46 s in run 9
-    ("speculation", 130, False),  # run 9: 94 s, the verify-walk A/B cut
-    ("eagle_small", 90, False),
-    ("train_mfu", 60, False),
-    ("tree_attn", 80, False),  # run 10: 68 s, cut inside B=4 S=16k at 60
-    ("hf_small", 90, True),  # run 10: cut at 60 s
+    ("plain_8b", 110, False),  # run 10: 47 s
+    ("eagle_8b", 110, False),  # run 10: 65 s
+    ("hf_8b", 200, True),  # run 10: 176 s (static compiled B=1 and 8, prompt lookup)
+    ("small_step", 60, False),  # run 10: about 30 s without the variants now in small_step_extra
+    ("speculation", 90, False),  # run 10: about 40 s without the rows now in spec_extra
+    ("train_mfu", 60, False),  # run 10: 29 s
+    ("tree_attn", 90, False),  # run 10: 68 s, cut inside B=4 S=16k at 60
+    ("hf_small", 100, True),  # run 10: cut at 60 s
+    # information, with the time left
+    ("small_step_extra", 60, False),
+    ("spec_extra", 90, False),  # run 10: about 55 s
+    ("eagle_small", 100, False),  # run 10: 89 s
+    ("eagle_8b_aligned", 100, False),  # run 10: 73 s
     ("cmdbuf", 150, False),  # only with time left, or alone: --sections cmdbuf
 )
 
@@ -1259,10 +1293,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown --sections {sorted(unknown)}; known: {[s[0] for s in SECTIONS]}")
     needs = {
         "speculation": ["small"],
+        "small_step_extra": ["small"],
         "eagle_small": ["small"],
         "hf_small": ["pair"],
+        "spec_extra": ["pair", "small_tok_s"],
         "hf_8b": ["big"],
         "eagle_8b": ["plain_8b_rows"],
+        "eagle_8b_aligned": ["plain_8b_rows"],
     }
     for name, budget, needs_torch in SECTIONS:
         if name == "ceilings" and args.bandwidth is not None:
