@@ -605,14 +605,13 @@ def section_speculation(report: Report, ctx: dict) -> None:
         report.write()
 
 
-def eagle_rows(report: Report, ctx: dict, target, label: str, heads, plain_s: dict) -> list:
+def eagle_rows(report: Report, ctx: dict, target, label: str, heads, plain_s: dict) -> None:
     """EAGLE + Chain(4) against plain decoding of the same target: seconds per target forward
     (`timed_step_seconds`, prefill cancels), so efficiency = plain step / speculative cycle, which
     is tokens/s / (tau x plain tokens/s) on decode time. The loop's shapes are static, so a
     cycle costs the same whatever is accepted: an untrained head's efficiency is the trained
     one's, only its tau differs."""
     new, plen = ctx["max_new"], ctx["prompt_len"]
-    rows = []
     for name, drafter, note in heads:
         for batch in ctx["batches"]:
             prompts = prompts_for(target.config, batch, plen, seed=batch)
@@ -631,7 +630,6 @@ def eagle_rows(report: Report, ctx: dict, target, label: str, heads, plain_s: di
                 decode_speedup=out.stats.tau * eff,
                 end_to_end_tok_s=out.stats.tokens_per_second,
             )
-            rows.append(row)
             report.log(json.dumps(row))
             report.ratio(
                 f"speculation efficiency, {name}+Chain(4), {label}, B={batch}",
@@ -643,7 +641,6 @@ def eagle_rows(report: Report, ctx: dict, target, label: str, heads, plain_s: di
             )
             report.data.setdefault("eagle", []).append(row)
             report.write()
-    return rows
 
 
 def aligned_scale(
