@@ -17,7 +17,7 @@ results rewritten to $OUT/quantspec.json and $OUT/quantspec.md after every row:
   tuning   the Triton kernel at S = 32k (or the first --kernel-slots), B in {1, 8}, T in
            --tuning-blocks (default 1), each view: the default tiling against each of its
            choices undone (PTX nibble unpacking; INT8: fused planes; INT4: three programs per
-           multiprocessor; the products' orientation) and keys-first tilings
+           multiprocessor)
   (decode or quality asks for a trained target: tokenizer + ShareGPT token streams, multi-turn
   conversations concatenated and packed into windows of --context tokens, >= 4096 on GPU; the
   `small` target trained at that context for what the deadline leaves, bf16 export)
@@ -373,15 +373,6 @@ def tuning_grid(default, view: str, rows: int, group: int, programs: int, slots:
     else:
         two = qt.default_block_sizes(rows, group, programs, slots, num_cores=qt._num_cores())
         grid.append(("two programs per core", replace(num_splits=two.num_splits)))
-    flip = not default.keys_first
-    grid.append((f"keys_first={flip}", replace(keys_first=flip)))
-    for block_k, warps in ((128, 4), (128, 8), (32, 4)):
-        if group % block_k == 0 and (block_k, warps) != (default.block_k, default.num_warps):
-            bs = replace(keys_first=True, block_k=block_k, num_warps=warps)
-            grid.append((f"keys first, block_k {block_k}, {warps} warps", bs))
-    for factor in (0.5, 2):  # keys first needs no shared memory for the unpacked planes
-        splits = max(1, round(default.num_splits * factor))
-        grid.append((f"keys first, {splits} splits", replace(keys_first=True, num_splits=splits)))
     return grid
 
 

@@ -74,12 +74,6 @@ class BlockSizes:
     instead of element by element; 16-bit dtypes on the GPU only (interpret mode cannot run PTX
     and uses the element-wise bit operations, the same values). H200, S = 32k, T = 1, B = 8:
     INT8 0.388 -> 0.286 ms, INT4 0.305 -> 0.246 ms (experiments/results/quantspec_h200_run6)."""
-    keys_first: bool = False
-    """Swap the products' operands: scores as [block_k, block_m] = keys @ queries^T and the
-    output as [H, block_m] = values^T @ weights^T, so the unpacked planes are the left operand
-    (M = block_k rows per warpgroup instruction, fed from registers) and the few query rows the
-    right one (N = block_m), instead of padding a 16-row query tile that holds 4 real rows at
-    T = 1 to the left operand."""
 
 
 def fits(q: jax.Array, view: QuantLayerView) -> bool:
@@ -131,7 +125,6 @@ def _quant_attention_kernel(
     upper_only: bool,
     fused_planes: bool,
     ptx_unpack: bool,
-    keys_first: bool,
     scale_log2: float,
     precision,
 ):
@@ -159,37 +152,22 @@ def _quant_attention_kernel(
     dt, f32 = q_ref.dtype, jnp.float32
     lower_shift = LOWER_OFFSET - 0.5  # a stored lower nibble n means (n - lower_shift) / 16
 
-    # Scores and weights are [block_m, block_k] (rows x keys), or [block_k, block_m] with
-    # keys_first; accumulators [block_m, H/2], or [H/2, block_m]. These four helpers are the only
-    # places the two orientations differ.
-    key_axis = 0 if keys_first else 1
-    per_row = (lambda x: x[None, :]) if keys_first else (lambda x: x[:, None])  # [block_m]
-    per_key = (lambda x: x[:, None]) if keys_first else (lambda x: x[None, :])  # [block_k]
-
-    def qk(x, keys):
-        """x [block_m, h] . keys [block_k, h] -> scores (this orientation), f32."""
-        return dot(keys, x, trans_b=True) if keys_first else dot(x, keys, trans_b=True)
-
-    def pv(w, values):
-        """weights w (this orientation) @ values [block_k, h] -> accumulator layout, f32."""
-        return dot(values, w, trans_a=True) if keys_first else dot(w, values)
-
     def softmax_step(carry, s, visible, values):
-        """One key block: s scores (log2 units), values(p) -> the block's p @ V as two halves
-        (accumulator layout) for weights p (f32)."""
+        """One key block: s [block_m, block_k] scores (log2 units), values(p) -> the block's
+        p @ V as two halves [block_m, H/2] for weights p [block_m, block_k] (f32)."""
         acc_a, acc_b, m_prev, l_prev = carry
         s = jnp.where(visible, s, -jnp.inf)
-        m_new = jnp.maximum(m_prev, s.max(axis=key_axis))  # finite: m starts at EMPTY_LSE
-        p = jnp.exp2(s - per_row(m_new))
+        m_new = jnp.maximum(m_prev, s.max(axis=1))  # finite: m starts at EMPTY_LSE
+        p = jnp.exp2(s - m_new[:, None])
         alpha = jnp.exp2(m_prev - m_new)
-        l_new = alpha * l_prev + p.sum(axis=key_axis)
+        l_new = alpha * l_prev + p.sum(axis=1)
         pv_a, pv_b = values(p)
-        acc_a = acc_a * per_row(alpha) + pv_a
-        acc_b = acc_b * per_row(alpha) + pv_b
+        acc_a = acc_a * alpha[:, None] + pv_a
+        acc_b = acc_b * alpha[:, None] + pv_b
         return acc_a, acc_b, m_new, l_new
 
-    def reads_quantized(pos):  # [block_k] positions -> scores-shaped bool (the rule)
-        return per_key((pos // group + 1) * group + recent) <= per_row(qpos)
+    def reads_quantized(pos):  # [block_k] positions -> [block_m, block_k] bool (the rule)
+        return ((pos // group + 1) * group + recent)[None, :] <= qpos[:, None]
 
     # The planes are multiplied as matrices of their integer nibbles, never dequantised element
     # by element: keys share a scale and minimum per channel over a block (its key group), so
@@ -199,7 +177,7 @@ def _quant_attention_kernel(
     # goes into the minimum (minimum - scale * lower_shift / 16), so the dots see u + l / 16, or
     # c / 16 with the 8-bit level c = 16 u + l (fused planes). The PTX unpacking gives exact
     # operands; the element-wise one adds an offset to each operand (bit tricks instead of int-
-    # to-float conversions) that comes off through the other operand's sums (f32).
+    # to-float conversions) that comes off through the other operand's row sums (f32).
 
     fused = fused_planes and not upper_only
     byte_dt = jnp.float32 if dt == jnp.float32 else jnp.float16  # 8-bit levels exact in f16
@@ -209,50 +187,47 @@ def _quant_attention_kernel(
     else:
         byte_operands = lambda hi, lo: _byte_operands(hi, lo, byte_dt)
         nibble_operands = lambda packed: _nibble_operands(packed, dt)
-    # sums as the dots see their operands: over channels of query rows [block_m, h] -> per_row,
-    # over keys of weights -> per_row
-    channel_sum = lambda *xs: per_row(sum(x.astype(f32).sum(axis=1) for x in xs))
-    key_sum = lambda x: per_row(x.astype(f32).sum(axis=key_axis))
+    row_sum = lambda *xs: sum(x.astype(f32).sum(axis=1) for x in xs)  # as the dots see x
 
     def key_scores(x_a, x_b, rows):
         """x_a, x_b [block_m, H/2] f32 (query halves times the key scales) -> x . (u + l / 16)
-        scores f32 over the key block `rows`."""
+        [block_m, block_k] f32 over the key block `rows`."""
         if fused:  # x . (c / 16) = (x / 16) . c
             c_a, c_b, offset = byte_operands(k_hi_ref[rows, :], k_lo_ref[rows, :])
             x16_a, x16_b = (x_a / 16).astype(byte_dt), (x_b / 16).astype(byte_dt)
-            s = qk(x16_a, c_a) + qk(x16_b, c_b)
-            return s - offset * channel_sum(x16_a, x16_b) if offset else s
+            s = dot(x16_a, c_a, trans_b=True) + dot(x16_b, c_b, trans_b=True)
+            return s - offset * row_sum(x16_a, x16_b)[:, None] if offset else s
         x_a, x_b = x_a.astype(dt), x_b.astype(dt)
         u_a, u_b, offset = nibble_operands(k_hi_ref[rows, :])
-        s = qk(x_a, u_a) + qk(x_b, u_b)
+        s = dot(x_a, u_a, trans_b=True) + dot(x_b, u_b, trans_b=True)
         if not upper_only:  # x / 16 is exact (a power of two)
             l_a, l_b, _ = nibble_operands(k_lo_ref[rows, :])
             x16_a, x16_b = (x_a.astype(f32) / 16).astype(dt), (x_b.astype(f32) / 16).astype(dt)
-            s = s + qk(x16_a, l_a) + qk(x16_b, l_b)
+            s = s + dot(x16_a, l_a, trans_b=True) + dot(x16_b, l_b, trans_b=True)
         if offset:  # the same offset on both planes
-            s = s - offset * (1 if upper_only else 17 / 16) * channel_sum(x_a, x_b)
+            s = s - (offset * (1 if upper_only else 17 / 16) * row_sum(x_a, x_b))[:, None]
         return s
 
     def value_products(x, rows):
-        """x weights times the value scales (f32) -> x @ (u + l / 16) as two halves
-        (accumulator layout) f32 over the value block `rows`."""
+        """x [block_m, block_k] f32 (weights times the value scales) -> x @ (u + l / 16) as two
+        halves [block_m, H/2] f32 over the value block `rows`."""
         if fused:
             c_a, c_b, offset = byte_operands(v_hi_ref[rows, :], v_lo_ref[rows, :])
             x16 = (x / 16).astype(byte_dt)
-            out_a, out_b = pv(x16, c_a), pv(x16, c_b)
-            correction = offset * key_sum(x16) if offset else None
+            out_a, out_b = dot(x16, c_a), dot(x16, c_b)
+            correction = offset * row_sum(x16) if offset else None
         else:
             x = x.astype(dt)
             u_a, u_b, offset = nibble_operands(v_hi_ref[rows, :])
-            out_a, out_b = pv(x, u_a), pv(x, u_b)
+            out_a, out_b = dot(x, u_a), dot(x, u_b)
             if not upper_only:
                 l_a, l_b, _ = nibble_operands(v_lo_ref[rows, :])
                 x16 = (x.astype(f32) / 16).astype(dt)
-                out_a, out_b = out_a + pv(x16, l_a), out_b + pv(x16, l_b)
-            correction = offset * (1 if upper_only else 17 / 16) * key_sum(x) if offset else None
+                out_a, out_b = out_a + dot(x16, l_a), out_b + dot(x16, l_b)
+            correction = offset * (1 if upper_only else 17 / 16) * row_sum(x) if offset else None
         if correction is None:
             return out_a, out_b
-        return out_a - correction, out_b - correction
+        return out_a - correction[:, None], out_b - correction[:, None]
 
     # the minimum's share of the lower nibbles' bias: a level is u + l / 16 - lower_shift / 16
     bias = 0.0 if upper_only else lower_shift / 16
@@ -268,36 +243,37 @@ def _quant_attention_kernel(
         min_a = channel(k_min_ref, 0) - bias * scale_a
         min_b = channel(k_min_ref, half) - bias * scale_b
         q_min = (q_a32 * min_a).sum(axis=1) + (q_b32 * min_b).sum(axis=1)  # [block_m]
-        s = s + per_row(q_min)
-        v_s = per_key(v_scale_ref[rows].astype(f32))  # [block_k]
-        v_m = per_key(v_min_ref[rows].astype(f32)) - bias * v_s
+        s = s + q_min[:, None]
+        v_s = v_scale_ref[rows].astype(f32)[None, :]  # [1, block_k]
+        v_m = v_min_ref[rows].astype(f32)[None, :] - bias * v_s
 
         def values(p):
             pv_a, pv_b = value_products(p * v_s, rows)
-            p_min = key_sum(p * v_m)
+            p_min = (p * v_m).sum(axis=1)[:, None]  # [block_m, 1]
             return pv_a + p_min, pv_b + p_min
 
         pos = first + jnp.arange(block_k, dtype=jnp.int32)
-        visible = per_key(pos < length) & reads_quantized(pos)
+        visible = (pos < length)[None, :] & reads_quantized(pos)
         return softmax_step(carry, s * scale_log2, visible, values)
 
     def buffer_step(kb, carry):
         first = pl.multiple_of(kb * block_k, block_k)
         rows = pl.ds(first, block_k)
-        s = qk(q_a, k_buf_ref[rows, pl.ds(0, half)]) + qk(q_b, k_buf_ref[rows, pl.ds(half, half)])
+        s = dot(q_a, k_buf_ref[rows, pl.ds(0, half)], trans_b=True) + dot(
+            q_b, k_buf_ref[rows, pl.ds(half, half)], trans_b=True
+        )
         pos = base + first + jnp.arange(block_k, dtype=jnp.int32)  # [block_k]
-        prefix = per_key(pos < length) & ~reads_quantized(pos)
-        rel = jnp.broadcast_to(per_key(pos - length), s.shape)
-        words = [jnp.broadcast_to(per_row(words_ref[w, :]), s.shape) for w in range(num_words)]
+        prefix = (pos < length)[None, :] & ~reads_quantized(pos)
+        rel = jnp.broadcast_to((pos - length)[None, :], s.shape)
+        words = [jnp.broadcast_to(words_ref[w, :][:, None], s.shape) for w in range(num_words)]
         visible = prefix | tc.region_bits(words, rel, width)
         v_a, v_b = v_buf_ref[rows, pl.ds(0, half)], v_buf_ref[rows, pl.ds(half, half)]
-        values = lambda p: (pv(p.astype(dt), v_a), pv(p.astype(dt), v_b))
+        values = lambda p: (dot(p.astype(dt), v_a), dot(p.astype(dt), v_b))
         return softmax_step(carry, s * scale_log2, visible, values)
 
-    acc_shape = (half, block_m) if keys_first else (block_m, half)
     carry = (
-        jnp.zeros(acc_shape, jnp.float32),
-        jnp.zeros(acc_shape, jnp.float32),
+        jnp.zeros((block_m, half), jnp.float32),
+        jnp.zeros((block_m, half), jnp.float32),
         jnp.full((block_m,), tc.EMPTY_LSE, jnp.float32),
         jnp.zeros((block_m,), jnp.float32),
     )
@@ -310,12 +286,9 @@ def _quant_attention_kernel(
     carry = lax.fori_loop(jnp.maximum(start, num_q) - num_q, stop - num_q, buffer_step, carry)
     acc_a, acc_b, m_i, l_i = carry
     empty = l_i == 0.0  # the row saw no key (in this split)
-    denom = per_row(jnp.where(empty, 1.0, l_i))  # such a row gives zeros
-    out_a, out_b = acc_a / denom, acc_b / denom
-    if keys_first:
-        out_a, out_b = out_a.T, out_b.T  # [block_m, H/2]
-    o_ref[:, pl.ds(0, half)] = out_a.astype(o_ref.dtype)
-    o_ref[:, pl.ds(half, half)] = out_b.astype(o_ref.dtype)
+    denom = jnp.where(empty, 1.0, l_i)[:, None]  # such a row gives zeros
+    o_ref[:, pl.ds(0, half)] = (acc_a / denom).astype(o_ref.dtype)
+    o_ref[:, pl.ds(half, half)] = (acc_b / denom).astype(o_ref.dtype)
     if lse_refs:
         lse_refs[0][...] = jnp.where(
             empty, tc.EMPTY_LSE, m_i + jnp.log2(jnp.where(empty, 1.0, l_i))
@@ -453,7 +426,6 @@ def quant_attention_triton(
         upper_only=view.upper_only,
         fused_planes=bs.fused_planes,
         ptx_unpack=bs.ptx_unpack and not interpret and q.dtype != jnp.float32,
-        keys_first=bs.keys_first,
         scale_log2=scale * tc.LOG2E,
         precision=lax.Precision.HIGHEST if q.dtype == jnp.float32 else None,
     )

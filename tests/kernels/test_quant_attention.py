@@ -128,29 +128,16 @@ def test_model_forward_uses_the_kernel_on_its_real_path():
     np.testing.assert_allclose(logits("interpret"), logits("xla"), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    "view,fused,keys_first",
-    [
-        ("int8", True, False),
-        ("int8", False, False),
-        ("int8", True, True),
-        ("int8", False, True),
-        ("int4", True, True),
-    ],
-    ids=["fused", "planes", "fused-keys_first", "planes-keys_first", "int4-keys_first"],
-)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "planes"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_operand_modes_and_orientations_match_the_reference(case, dtype, view, fused, keys_first):
-    """The INT8 view with both nibbles as one 8-bit operand (float16 bit trick under bf16) and as
-    two nibble operands (one dot per plane); scores as rows x keys and as keys x rows
-    (`keys_first`), for both views."""
+def test_both_int8_operand_modes_match_the_reference(case, dtype, fused):
+    """The INT8 view with both nibbles as one 8-bit operand (the default; float16 bit trick
+    under bf16) and as two nibble operands (one dot per plane)."""
     q, cache, region = make_problem(6, head_dim=32, group=32, dtype=dtype, **CASES[case])
-    layer = cache.with_view(view).read(0)
+    layer = cache.with_view("int8").read(0)
     want = quant_attention_reference(q, layer, cache.lengths, region)
-    sizes = triton.BlockSizes(
-        block_m=16, block_k=16, num_splits=2, fused_planes=fused, keys_first=keys_first
-    )
+    sizes = triton.BlockSizes(block_m=16, block_k=16, num_splits=2, fused_planes=fused)
     got = triton.quant_attention_triton(
         q, layer, cache.lengths, region, block_sizes=sizes, interpret=True
     )
@@ -236,18 +223,15 @@ def test_tpu_kernel_lowers_for_tpu(dims):
 
 
 @LOWERING_DIMS
-@pytest.mark.parametrize("keys_first", [False, True], ids=["rows_first", "keys_first"])
 @pytest.mark.parametrize("fused", [False, True], ids=["planes", "fused"])
-def test_triton_kernel_lowers_for_cuda(dims, fused, keys_first):
+def test_triton_kernel_lowers_for_cuda(dims, fused):
     """Every primitive of the bf16 kernel (the nibble bitcasts included) has a Triton lowering:
     interpret mode, which the tests above run, does not lower to Triton."""
     device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="cuda")
     mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
     unchecked = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
     with jax.sharding.use_abstract_mesh(mesh):
-        sizes = triton.BlockSizes(
-            block_m=64, block_k=64, num_splits=4, fused_planes=fused, keys_first=keys_first
-        )
+        sizes = triton.BlockSizes(block_m=64, block_k=64, num_splits=4, fused_planes=fused)
         kernel = functools.partial(triton.quant_attention_triton, block_sizes=sizes)
         exported = jax.export.export(
             jax.jit(kernel), platforms=["cuda"], disabled_checks=unchecked
