@@ -120,3 +120,46 @@ def test_a_budget_passes_through_the_measurements_that_keep_going(monkeypatch):
     report = bench_all.Report(None, 0.0, float("inf"))
     report.run("tree_attn", 30, over_budget)
     assert report.data["sections"]["tree_attn"]["error"] == "Budget: over its 60s budget"
+
+
+def test_hf_agreement_checks_line_up_tokens_with_the_logits_that_predict_them():
+    """teacher_forced_top1 compares the logits at position i with token i + 1: a fake HF model
+    whose argmax is always `token + 1` agrees fully with a sequence that follows that rule (a
+    misaligned comparison would give 0) and on one token of six with a sequence that follows it
+    once. equal_prefix counts leading matches."""
+    import contextlib
+    import types
+
+    import numpy as np
+
+    from experiments import bench_all
+
+    vocab = 11
+
+    class Array(np.ndarray):
+        def cpu(self):
+            return self
+
+        def numpy(self):
+            return np.asarray(self)
+
+    class NextIsPlusOne:
+        device = "cpu"
+
+        def __call__(self, ids):
+            ids = np.asarray(ids)
+            logits = np.zeros((*ids.shape, vocab)).view(Array)
+            np.put_along_axis(logits, ((ids + 1) % vocab)[..., None], 1.0, axis=-1)
+            return types.SimpleNamespace(logits=logits)
+
+    fake_torch = types.SimpleNamespace(
+        no_grad=contextlib.nullcontext, tensor=lambda x, device: np.asarray(x)
+    )
+    prompts = [[3, 4, 5]]
+    follows = np.array([[6, 7, 8, 9, 10, 0]])
+    hf = NextIsPlusOne()
+    assert bench_all.teacher_forced_top1(fake_torch, hf, prompts, follows) == 1.0
+    repeats = np.array([[6, 6, 6, 6, 6, 6]])  # only the first follows the rule (5 -> 6)
+    assert bench_all.teacher_forced_top1(fake_torch, hf, prompts, repeats) == pytest.approx(1 / 6)
+    assert bench_all.equal_prefix([1, 2, 3, 4], [1, 2, 9, 4]) == 2
+    assert bench_all.equal_prefix([1, 2], [1, 2]) == 2
