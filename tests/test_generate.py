@@ -133,14 +133,32 @@ def test_bad_input_is_a_clear_value_error(llama, kwargs, match):
 def _host_waits(model, prompts, **kwargs) -> tuple[int, int]:
     """(conditionals, while loops without a known trip count) in the compiled decode loop of
     this request: on a GPU each makes the host read a predicate back every time it runs."""
-    from specdec.engine.generate import _JITTED, prepare
+    from specdec.engine.generate import _JITTED, prepare, trace_settings
 
     p = prepare(model, prompts, max_new_tokens=4, **kwargs)
-    text = _JITTED.lower(*p.args, policy=p.policy, shape=p.shape).compile().as_text()
+    lowered = _JITTED.lower(*p.args, policy=p.policy, shape=p.shape, settings=trace_settings())
+    text = lowered.compile().as_text()
     lines = text.splitlines()
     conditionals = sum(" conditional(" in line for line in lines)
     unbounded = sum(" while(" in line and "known_trip_count" not in line for line in lines)
     return conditionals, unbounded
+
+
+def test_a_changed_kernel_setting_compiles_a_new_loop(llama, monkeypatch):
+    """The SPECDEC_* kernel choices are read while a loop is traced, so they key the compiled
+    loops: changing one within a process compiles (and traces) anew, changing it back reuses."""
+    from specdec import projection
+
+    prompts = [[1, 2, 3], [4, 5]]
+    monkeypatch.setenv(projection.SKINNY_ENV, "auto")
+    first = specdec.generate(llama, prompts, max_new_tokens=6).tokens
+    before = compile_count()
+    monkeypatch.setenv(projection.SKINNY_ENV, "xla")
+    np.testing.assert_array_equal(specdec.generate(llama, prompts, max_new_tokens=6).tokens, first)
+    assert compile_count() == before + 1
+    monkeypatch.setenv(projection.SKINNY_ENV, "auto")
+    specdec.generate(llama, prompts, max_new_tokens=6)
+    assert compile_count() == before + 1
 
 
 @pytest.mark.parametrize(

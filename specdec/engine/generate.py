@@ -19,12 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from specdec import sharding
-from specdec.attention import kernel_slots
-from specdec.cache import KVCache
+from specdec.attention import CAUSAL_ENV, kernel_slots
+from specdec.cache import KV_WRITE_ENV, KVCache
 from specdec.contract import Drafter, Policy
 from specdec.engine import inputs
 from specdec.engine.loop import LoopShape, decode_loop
 from specdec.models import Model
+from specdec.projection import SKINNY_ENV
 from specdec.quant_cache import QuantKV, cache_bytes_per_token, make_cache, request_mode
 from specdec.sampling import SamplingParams, validate
 
@@ -106,8 +107,27 @@ class CompiledLoops:
         return loop, seconds
 
 
+# Environment settings read while a loop is traced (which kernel a projection, the cache write or
+# causal attention uses): part of a compiled loop's key and of the jit's static arguments, so a
+# setting changed within a process compiles a new loop instead of reusing one traced under the old.
+TRACE_ENVS = (SKINNY_ENV, KV_WRITE_ENV, CAUSAL_ENV)
+
+
+def trace_settings() -> tuple[tuple[str, str | None], ...]:
+    """The TRACE_ENVS settings now: (name, value or None) pairs."""
+    return tuple((name, os.environ.get(name)) for name in TRACE_ENVS)
+
+
+def _traced_loop(*args, policy, shape, settings):
+    """decode_loop; `settings` (trace_settings()) only keys the jit's trace cache."""
+    del settings
+    return decode_loop(*args, policy=policy, shape=shape)
+
+
 _LOOPS = CompiledLoops(DEFAULT_COMPILED_CACHE_SIZE)
-_JITTED = jax.jit(decode_loop, static_argnames=("policy", "shape"), donate_argnums=(2, 3))
+_JITTED = jax.jit(
+    _traced_loop, static_argnames=("policy", "shape", "settings"), donate_argnums=(2, 3)
+)
 
 
 def compile_count() -> int:
@@ -306,7 +326,8 @@ def generate(
     pad_token_id = inputs.pad_token_id(pad_token_id)
     args, policy, shape = prepared.args, prepared.policy, prepared.shape
     leaves, treedef = jax.tree.flatten(args)
-    key = (treedef, tuple((x.shape, x.dtype) for x in leaves), policy, shape)
+    settings = trace_settings()
+    key = (treedef, tuple((x.shape, x.dtype) for x in leaves), policy, shape, settings)
     mesh = model.mesh
     if mesh is not None:  # a compiled loop serves one placement of its arguments
         key = (*key, tuple(getattr(x, "sharding", None) for x in leaves))
@@ -314,7 +335,7 @@ def generate(
     def compile_loop():
         # On a mesh, tracing sees it (jax.set_mesh) so kernels can run per shard.
         with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-            return _JITTED.lower(*args, policy=policy, shape=shape).compile()
+            return _JITTED.lower(*args, policy=policy, shape=shape, settings=settings).compile()
 
     compiled, compile_seconds = _LOOPS.get(key, compile_loop)
     start = time.perf_counter()
