@@ -15,11 +15,33 @@ which is moved down to be contiguous with the prefix.
 
 import abc
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
 
+from kernels_pallas import kv_write
 from specdec import sharding
+
+# How KVCache.write stores a block's K/V, read when a step is traced: "xla" (a dynamic-update-
+# slice per buffer for one sequence's contiguous run, else a scatter per buffer), "pallas" (one
+# kernel writing K and V in place, `kernels_pallas.kv_write`, wherever it tiles the buffers; on
+# CPU in interpret mode), "auto" (the kernel on a GPU where XLA would scatter, else XLA). H200,
+# 8B shape, plain decoding, two alternating pairs of processes: batch 8 4.374 / 4.373 -> 4.335 /
+# 4.351 ms a step with the kernel; batch 1 4.456 / 4.449 -> 4.505 / 4.497 ms against the two
+# dynamic-update-slices, which keep batch 1 (experiments/results/perf_h200_run11, call 4).
+KV_WRITE_ENV = "SPECDEC_KV_WRITE"
+KV_WRITE_CHOICES = ("auto", "xla", "pallas")
+
+
+def kv_write_choice() -> str:
+    """The KV_WRITE_ENV setting, checked."""
+    choice = os.environ.get(KV_WRITE_ENV, "auto")
+    if choice not in KV_WRITE_CHOICES:
+        raise ValueError(
+            f"{KV_WRITE_ENV}={choice!r}: expected one of {', '.join(KV_WRITE_CHOICES)}"
+        )
+    return choice
 
 
 @jax.tree_util.register_dataclass
@@ -159,6 +181,16 @@ class KVCache(Cache):
         contiguous: bool = False,
     ) -> "KVCache":
         """Store a block's K/V [B, T, K, H] of one layer at slots lengths + offsets [B, T]."""
+        if self._kernel_writes(layer, contiguous):
+            k_layer, v_layer = kv_write.kv_write_triton(
+                self.k[layer],
+                self.v[layer],
+                k_new,
+                v_new,
+                self.lengths[:, None] + offsets,
+                interpret=jax.default_backend() != "gpu",
+            )
+            return self._with_layer(layer, k_layer, v_layer)
         if contiguous and self.batch_size == 1 and sharding.active_mesh() is None:
             # One sequence, one run: a dynamic-update-slice. The indexed scatter below becomes,
             # at batch 1, an update plus a keep-or-drop select that reads the old slots back
@@ -178,6 +210,18 @@ class KVCache(Cache):
             put = lambda buf, s, new: buf.at[rows, s].set(new.astype(buf.dtype), mode="drop")
         k_layer, v_layer = put(self.k[layer], slots, k_new), put(self.v[layer], slots, v_new)
         return self._with_layer(layer, k_layer, v_layer)
+
+    def _kernel_writes(self, layer: int, contiguous: bool) -> bool:
+        """Whether `write` uses the one-kernel K/V write (KV_WRITE_ENV), not XLA's updates."""
+        choice = kv_write_choice()
+        if choice == "xla" or sharding.active_mesh() is not None:
+            return False
+        if not kv_write.fits(self.k[layer]):
+            return False
+        if choice == "pallas":
+            return True
+        one_run = contiguous and self.batch_size == 1  # XLA's dynamic-update-slice: kept
+        return jax.default_backend() == "gpu" and not one_run
 
     def _with_layer(self, layer: int, k_layer: jax.Array, v_layer: jax.Array) -> "KVCache":
         """This cache with layer `layer`'s K and V buffers replaced."""
