@@ -56,3 +56,19 @@ def test_readme_command_line_matches_the_parser(capsys):
     assert main(["generate", "--help"]) == 0
     flags = set(re.findall(r"--[a-z][a-z0-9-]*", capsys.readouterr().out)) - {"--help"}
     assert set(re.findall(r"--[a-z][a-z0-9-]*", usage)) == flags
+
+
+def test_every_environment_setting_is_in_the_readme_table():
+    """Each SPECDEC_* variable the code reads has a row in the README's settings table."""
+    root = README.parent
+    sources = [
+        path
+        for folder in ("specdec", "drafters", "trees", "kernels_pallas", "train", "experiments")
+        for path in (root / folder).rglob("*.py")
+        if "results" not in path.parts
+    ]
+    used = {name for path in sources for name in re.findall(r"SPECDEC_[A-Z_]+", path.read_text())}
+    table = README.read_text().split("## Settings (environment variables)")[1].split("\n## ")[0]
+    listed = set(re.findall(r"^\| `(SPECDEC_[A-Z_]+)`", table, re.M))
+    assert used, "no SPECDEC_ variable found: has the code moved?"
+    assert used <= listed, f"not in the README's settings table: {sorted(used - listed)}"
